@@ -1,0 +1,96 @@
+"""The aiohttp application: routes, middleware, and the lifecycles of Redis and the notifier."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from hub.config import AuthMode, Settings
+from hub.embedded import EmbeddedRedis
+from hub.http import errors_as_json
+from hub.http import routes as http_routes
+from hub.notifier import Notifier
+from hub.protocol import CloseCode
+from hub.registry import Registry
+from hub.session import Session
+from hub.state import NOTIFIER, REDIS_URL, REGISTRY, SESSIONS, SETTINGS, STORE
+from hub.store import Store, connect
+from hub.ws import routes as ws_routes
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
+    """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own."""
+    settings.check_serving()
+    app = web.Application(
+        middlewares=[errors_as_json], client_max_size=max(settings.max_message, 1024)
+    )
+    app[SETTINGS] = settings
+    app[REGISTRY] = Registry()
+    app[SESSIONS] = set()
+    url = redis_url or settings.redis_url
+    if url is None:
+        app.cleanup_ctx.append(_embedded_redis)
+    else:
+        app[REDIS_URL] = url
+    app.cleanup_ctx.append(_redis_and_notifier)
+    app.on_shutdown.append(_close_sessions)
+    app.add_routes(http_routes)
+    app.add_routes(ws_routes)
+    return app
+
+
+async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
+    redis = EmbeddedRedis(app[SETTINGS].data_dir)
+    await redis.start()
+    app[REDIS_URL] = redis.url
+    supervisor = asyncio.create_task(redis.supervise(), name="embedded-redis")
+    yield
+    supervisor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervisor
+    await redis.stop()
+
+
+async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    url = app[REDIS_URL]
+    pool = connect(url, pool_size=settings.redis_pool_size, socket_timeout=10)
+    # The notifier's own connection: its socket timeout must outlast the BLOCK.
+    blocking = connect(url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10)
+    store = Store(pool, retention=settings.retention, index_retention=settings.index_retention)
+    notifier = Notifier(
+        Store(blocking, retention=settings.retention, index_retention=settings.index_retention),
+        app[REGISTRY],
+        block_ms=settings.block_ms,
+        batch=settings.index_batch,
+    )
+    try:
+        await notifier.start_position()
+    except (RedisError, OSError) as error:
+        log.warning("redis_unavailable_at_start", error=str(error))
+    app[STORE], app[NOTIFIER] = store, notifier
+    task = asyncio.create_task(notifier.run(), name="notifier")
+    if settings.auth is AuthMode.OFF:
+        log.warning("auth_off", detail="HUB_AUTH=off: any client may open any account's socket")
+    log.info("hub_started", host=settings.host, port=settings.port)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await blocking.aclose()
+    await pool.aclose()
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """Drain: ask every socket to close with 1001 and its last delivered ID."""
+    sessions: list[Session] = [*app[SESSIONS]]
+    for session in sessions:
+        session.stop(CloseCode.GOING_AWAY)
+    log.info("draining", sessions=len(sessions))

@@ -1,0 +1,114 @@
+"""`hub serve`, `hub token`, `hub publish`: the command line (also `python -m hub`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from hub import logs
+from hub.auth import mint, parse_publish_list
+from hub.config import Settings, load_settings
+from hub.errors import HubError
+from hub.events import JSON, is_valid_type
+from hub.ids import validate_account_id
+
+DEFAULT_TTL = 3600
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub", description="Real-time fan-out of events to WebSocket clients on Redis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the hub")
+    serve.add_argument("--host", help="listen address (overrides HUB_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (overrides HUB_PORT)")
+
+    token = commands.add_parser("token", help="print a token signed with HUB_SECRET")
+    token.add_argument("subject", help="the account ID (or service name) of the bearer")
+    token.add_argument("--publish", default="", help="'*' or comma-separated account IDs")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds (negative: expired)")
+
+    publish = commands.add_parser("publish", help="publish one event")
+    publish.add_argument("account")
+    publish.add_argument("type")
+    publish.add_argument("payload", help="JSON, or any other text taken as a string")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "serve":
+            _serve(settings, args.host, args.port)
+        elif args.command == "token":
+            print(_token(settings, args.subject, args.publish, args.ttl))
+        else:
+            print(asyncio.run(_publish(settings, args.account, args.type, args.payload)))
+    except HubError as error:
+        print(f"hub: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    from aiohttp import web
+
+    from hub.app import create_app
+
+    settings = settings.with_overrides(host=host, port=port)
+    logs.configure(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        pass
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log_class=logs.AccessLogger,
+        print=None,
+        shutdown_timeout=settings.shutdown_grace,
+    )
+
+
+def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:
+    if settings.secret is None:
+        raise HubError("HUB_SECRET must be set (in the environment or .env) to mint tokens")
+    rights = parse_publish_list(publish) if publish else ()
+    return mint(settings.secret, subject, time.time(), ttl, rights)
+
+
+def _payload(text: str) -> JSON:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+async def _publish(settings: Settings, account: str, event_type: str, payload: str) -> str:
+    from redis.exceptions import RedisError
+
+    from hub.embedded import require_running
+    from hub.store import Store, connect
+
+    validate_account_id(account)
+    if not is_valid_type(event_type):
+        raise HubError("TYPE must be 1-256 characters")
+    url = settings.redis_url or require_running(settings.data_dir)
+    redis = connect(url, pool_size=1, socket_timeout=10)
+    try:
+        store = Store(redis, retention=settings.retention, index_retention=settings.index_retention)
+        return await store.publish(account, event_type, _payload(payload))
+    except (RedisError, OSError) as error:
+        raise HubError(f"cannot publish through {url}: {error}") from None
+    finally:
+        await redis.aclose()

@@ -1,0 +1,59 @@
+"""The hub's exceptions: one root, a few branches, each knowing its HTTP status.
+
+HubError
+├── ConfigError          invalid setting; stops the start with one line
+└── RequestError         a client's request cannot be served (has `status` and `code`)
+    ├── BadRequest       400: malformed body, query, account or stream ID
+    ├── Unauthorized     401: no token, or an invalid or expired one
+    ├── Forbidden        403: the token lacks the right, or the Origin is not allowed
+    ├── EmailTaken       409: the address is reserved by another account
+    └── Unavailable      503: Redis does not answer
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Root of every error the hub raises on purpose."""
+
+
+class ConfigError(HubError):
+    """A setting is missing or invalid; the message names the variable and the expected form."""
+
+
+class RequestError(HubError):
+    """A request the hub refuses; `code` is the stable machine-readable name."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(RequestError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+
+
+class EmailTaken(RequestError):
+    status = 409
+    code = "email_taken"
+
+
+class Unavailable(RequestError):
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,95 @@
+"""Account IDs and Redis stream IDs: validation and arithmetic, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hub.errors import BadRequest
+
+MAX_ACCOUNT_ID_LENGTH = 128
+_MAX_PART = 2**64 - 1
+# No key separators, glob or hash-tag characters, whitespace or control characters: an
+# account ID is spliced into key names, so it must never be able to forge another key.
+_FORBIDDEN = re.compile(r"[:*{}\s\x00-\x1f\x7f]")
+_STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+
+
+def validate_account_id(value: str) -> str:
+    """Return `value` if it is a valid account ID, else raise BadRequest."""
+    if not value or len(value) > MAX_ACCOUNT_ID_LENGTH or _FORBIDDEN.search(value):
+        raise BadRequest(
+            f"invalid account ID {value[:40]!r}: 1-{MAX_ACCOUNT_ID_LENGTH} characters, "
+            "none of ':', '*', '{', '}', whitespace or control characters",
+            code="invalid_account",
+        )
+    return value
+
+
+def is_valid_account_id(value: str) -> bool:
+    try:
+        validate_account_id(value)
+    except BadRequest:
+        return False
+    return True
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class StreamId:
+    """A Redis stream entry ID, `<milliseconds>-<sequence>`, ordered as Redis orders them."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> StreamId:
+        """Parse `ms-seq` or a bare `ms` (sequence 0); raise BadRequest otherwise."""
+        if isinstance(text, bytes):
+            text = text.decode("ascii", "replace")
+        match = _STREAM_ID.fullmatch(text)
+        if match is None:
+            raise BadRequest(f"invalid stream ID {text[:40]!r}", code="invalid_id")
+        ms, seq = int(match[1]), int(match[2] or 0)
+        if ms > _MAX_PART or seq > _MAX_PART:
+            raise BadRequest(f"stream ID out of range: {text[:40]!r}", code="invalid_id")
+        return cls(ms, seq)
+
+    def next(self) -> StreamId:
+        """The smallest ID greater than this one."""
+        if self.seq < _MAX_PART:
+            return StreamId(self.ms, self.seq + 1)
+        return StreamId(self.ms + 1, 0)
+
+    def prev(self) -> StreamId:
+        """The greatest ID smaller than this one (0-0 stays 0-0)."""
+        if self.seq > 0:
+            return StreamId(self.ms, self.seq - 1)
+        if self.ms > 0:
+            return StreamId(self.ms - 1, _MAX_PART)
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+ZERO = StreamId(0, 0)
+
+
+def trimmed_past(first_retained: StreamId | None, position: StreamId) -> bool:
+    """Whether an entry after `position` may have been trimmed away.
+
+    Trimming removes a stream's oldest entries, so if the first retained entry is not the
+    immediate successor of `position` (or earlier), something between them may be gone.
+    """
+    return first_retained is not None and first_retained > position.next()
+
+
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
+MAX_EMAIL_LENGTH = 254
+
+
+def normalize_email(value: object) -> str:
+    """The reservation form of an address: validated and lower-cased (case-insensitive)."""
+    if not isinstance(value, str) or len(value) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(value):
+        raise BadRequest("'email' must be an address such as ada@example.com", code="invalid_email")
+    return value.lower()

@@ -1,0 +1,115 @@
+"""The single poller of a hub process: XREAD BLOCK on the index, wake the accounts it names.
+
+It never dies silently: on any Redis error it backs off, reconnects, continues from its last
+index ID (never from `$`), and then wakes every registered account, since whatever happened
+during the gap can only be learned from the accounts' own streams. `/readyz` reflects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from redis.exceptions import RedisError
+
+from hub.ids import StreamId, is_valid_account_id, trimmed_past
+from hub.registry import Registry
+from hub.store import Entry, Store
+
+log = structlog.get_logger(__name__)
+
+
+def accounts_of(entries: Iterable[Entry]) -> set[str]:
+    """The valid account IDs named by a batch of index entries."""
+    accounts = set()
+    for _, fields in entries:
+        raw = fields.get(b"account")
+        if raw is not None:
+            account = raw.decode("utf-8", "replace")
+            if is_valid_account_id(account):
+                accounts.add(account)
+    return accounts
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a success."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self._base, self._cap, self._attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self._cap, self._base * 2**self._attempt)
+        self._attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        block_ms: int,
+        batch: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._block_ms = block_ms
+        self._batch = batch
+        self._clock = clock
+        self.position: StreamId | None = None
+        self.last_read_at: float | None = None
+        self.batches = 0
+
+    def healthy(self) -> bool:
+        """Whether a read completed within the BLOCK timeout plus 5 seconds."""
+        if self.last_read_at is None:
+            return False
+        return self._clock() - self.last_read_at <= self._block_ms / 1000 + 5
+
+    async def start_position(self) -> None:
+        """Pin the index position before sessions are accepted, so no event slips between."""
+        self.position = await self._store.index_tail()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        in_doubt = True  # the first read after a (re)start wakes everyone
+        while True:
+            try:
+                if self.position is None:
+                    await self.start_position()
+                await self._read_once(wake_everyone=in_doubt)
+                in_doubt = False
+                backoff.reset()
+            except (RedisError, OSError) as error:
+                in_doubt = True
+                delay = backoff.next_delay()
+                log.warning("notifier_redis_error", error=str(error), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _read_once(self, *, wake_everyone: bool) -> None:
+        assert self.position is not None
+        before = self.position
+        entries = await self._store.read_index(before, self._batch, self._block_ms)
+        self.last_read_at = self._clock()
+        self.batches += 1
+        if wake_everyone:
+            woken = self._registry.wake_all()
+            log.info("notifier_woke_everyone", sessions=woken)
+        if not entries:
+            return
+        self.position = StreamId.parse(entries[-1][0])
+        self._registry.wake(accounts_of(entries))
+        # A short batch proves nothing was trimmed unread (the index keeps far more than a
+        # batch). A full one means we lag: if the index was trimmed past where we were,
+        # wake everyone rather than guess.
+        if len(entries) >= self._batch and trimmed_past(await self._store.index_first(), before):
+            log.warning("notifier_overrun", position=str(before))
+            self._registry.wake_all()

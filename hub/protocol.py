@@ -1,0 +1,126 @@
+"""The WebSocket wire protocol: client messages in, control frames out. Pure: no I/O.
+
+Client messages: `ping`, the seed's `event:<recipient>`, and JSON objects with an `op`.
+Server frames: `pong`, JSON control frames (each with an `op`), and event frames (no `op`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+from hub.errors import BadRequest
+from hub.events import JSON, MAX_TYPE_LENGTH, is_valid_type
+from hub.ids import StreamId, validate_account_id
+
+PONG = "pong"
+SEED_EVENT_TYPE = "SOME_EVENT"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish one event to account `to`; `ref` is echoed in the ack or error (JSON form)."""
+
+    to: str
+    type: str
+    payload: JSON
+    ref: JSON = None
+    acknowledge: bool = True  # the seed's `event:` form gets no reply on success
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    code: str
+    message: str
+    ref: JSON = None
+
+
+ClientMessage = Ping | Publish | Invalid
+
+
+def seed_payload(recipient: str, sender: str) -> str:
+    return f"Some payload for account({recipient}) from account({sender})"
+
+
+def parse_message(text: str, sender: str) -> ClientMessage:
+    """Parse one text message from the socket of account `sender`."""
+    if text == "ping":
+        return Ping()
+    if text.startswith("event:"):
+        recipient = text.removeprefix("event:")
+        try:
+            validate_account_id(recipient)
+        except BadRequest as error:
+            return Invalid(error.code, error.message)
+        return Publish(
+            recipient, SEED_EVENT_TYPE, seed_payload(recipient, sender), acknowledge=False
+        )
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return Invalid(
+            "invalid_message", "expected 'ping', 'event:<account>' or a JSON object with an 'op'"
+        )
+    if not isinstance(message, dict):
+        return Invalid("invalid_message", "a JSON message must be an object with an 'op'")
+    return _parse_op(message)
+
+
+def _parse_op(message: dict[str, Any]) -> ClientMessage:
+    ref = message.get("ref")
+    op = message.get("op")
+    if op != "publish":
+        return Invalid("unknown_op", f"unknown op {str(op)[:40]!r}; known: 'publish'", ref)
+    to = message.get("to")
+    if not isinstance(to, str):
+        return Invalid("invalid_account", "'to' must be an account ID string", ref)
+    try:
+        validate_account_id(to)
+    except BadRequest as error:
+        return Invalid(error.code, error.message, ref)
+    event_type = message.get("type")
+    if not is_valid_type(event_type):
+        return Invalid(
+            "invalid_type", f"'type' must be a string of 1-{MAX_TYPE_LENGTH} characters", ref
+        )
+    assert isinstance(event_type, str)
+    return Publish(to, event_type, message.get("payload"), ref)
+
+
+def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> bytes:
+    return orjson.dumps(
+        {
+            "op": "welcome",
+            "account": account,
+            "last_id": str(last_id),
+            "epoch": epoch,
+            "recovered": recovered,
+        }
+    )
+
+
+def ack(ref: JSON, event_id: str) -> bytes:
+    return orjson.dumps({"op": "ack", "ref": ref, "id": event_id})
+
+
+def error(ref: JSON, code: str, message: str) -> bytes:
+    return orjson.dumps({"op": "error", "ref": ref, "code": code, "message": message})
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the hub sends; the reason of each carries the last delivered ID."""
+
+    GOING_AWAY = 1001  # the hub is shutting down: reconnect (to any hub) with last_id
+    INTERNAL_ERROR = 1011  # a bug: reconnect with last_id
+    TRY_AGAIN_LATER = 1013  # Redis unreachable for too long: back off, reconnect with last_id
+    TOKEN_EXPIRED = 4001  # get a fresh token, reconnect with last_id
+    SLOW_CONSUMER = 4008  # the client did not read for send_timeout: reconnect with last_id
+    LAGGED = 4009  # retention trimmed events this client had not read: reconnect, resync

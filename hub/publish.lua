@@ -1,0 +1,22 @@
+-- hub's publish script: the one way events enter the hub.
+-- Appends the event to the account's stream and a pointer to it to the index, trims both,
+-- makes sure the account has an epoch, and returns the event's stream ID. Being one script,
+-- every notification points at a stored event and every stored event is notified.
+--
+-- KEYS[1] account:{id}:log   KEYS[2] hub:index   KEYS[3] account:{id}:epoch
+-- ARGV[1] account ID   ARGV[2] type   ARGV[3] payload (JSON text)
+-- ARGV[4] retention of the account stream (0 = unlimited)   ARGV[5] retention of the index
+local id
+local retention = tonumber(ARGV[4])
+if retention > 0 then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', retention, '*',
+                  'type', ARGV[2], 'payload', ARGV[3])
+else
+  id = redis.call('XADD', KEYS[1], '*', 'type', ARGV[2], 'payload', ARGV[3])
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'account', ARGV[1], 'id', id)
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+return id

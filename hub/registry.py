@@ -1,0 +1,83 @@
+"""Which sockets listen to which account, and how they are woken. Pure: no I/O, no asyncio.
+
+Each session owns a `Signal`. The notifier calls `Registry.wake(accounts)`, which sets the
+signal of every session of those accounts. A session *takes* its signal before it reads its
+stream and waits only while the signal is not pending, so a wake that lands at any moment
+after the take is seen: no wake-up can be lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+
+class Signal:
+    """A level-triggered wake flag owned by one session.
+
+    `wake` may be called any number of times; the flag stays set until the owner `take`s it.
+    `on_wake` lets the I/O shell resume a waiting task (e.g. `asyncio.Event.set`).
+    """
+
+    __slots__ = ("_on_wake", "_pending")
+
+    def __init__(self, on_wake: Callable[[], None] | None = None) -> None:
+        self._pending = False
+        self._on_wake = on_wake
+
+    @property
+    def pending(self) -> bool:
+        return self._pending
+
+    def wake(self) -> None:
+        self._pending = True
+        if self._on_wake is not None:
+            self._on_wake()
+
+    def take(self) -> bool:
+        """Clear the flag and say whether it was set. Call it *before* reading."""
+        pending, self._pending = self._pending, False
+        return pending
+
+
+class Registry:
+    """account → the signals of the sessions listening to it."""
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Signal]] = {}
+
+    def register(self, account: str, signal: Signal) -> None:
+        self._listeners.setdefault(account, set()).add(signal)
+
+    def unregister(self, account: str, signal: Signal) -> None:
+        """Remove a signal; unknown pairs are ignored so that cleanup can be unconditional."""
+        signals = self._listeners.get(account)
+        if signals is None:
+            return
+        signals.discard(signal)
+        if not signals:
+            del self._listeners[account]
+
+    def wake(self, accounts: Iterable[str]) -> int:
+        """Wake every session of `accounts`; return how many signals were set."""
+        woken = 0
+        for account in accounts:
+            for signal in self._listeners.get(account, ()):
+                signal.wake()
+                woken += 1
+        return woken
+
+    def wake_all(self) -> int:
+        """Wake every registered session: the answer to any doubt about what was missed."""
+        return self.wake(list(self._listeners))
+
+    def accounts(self) -> frozenset[str]:
+        return frozenset(self._listeners)
+
+    def listeners(self, account: str) -> int:
+        return len(self._listeners.get(account, ()))
+
+    def __len__(self) -> int:
+        """The number of registered signals."""
+        return sum(len(signals) for signals in self._listeners.values())

@@ -1,0 +1,242 @@
+"""One WebSocket's life: deliver its account's events in order, answer its messages.
+
+Two tasks per socket. The delivery task owns every write: it takes the wake signal, reads at
+most a batch after its cursor, sends with backpressure, then waits for the next wake. The
+receive task parses incoming messages and queues replies for the delivery task. A backlog
+waits in Redis, never in memory; a client that stops reading for `send_timeout` is closed
+with 4008 and resumes from the ID in the close reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import structlog
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from hub import protocol
+from hub.aio import uncancellable
+from hub.auth import Claims
+from hub.config import Settings
+from hub.cursor import Start
+from hub.events import Event
+from hub.ids import StreamId, trimmed_past
+from hub.notifier import Backoff
+from hub.protocol import CloseCode, Invalid, Ping, Publish
+from hub.registry import Signal
+from hub.store import Store
+
+MAX_QUEUED_REPLIES = 64
+READ_FAILURE_LIMIT = 30.0  # seconds of failed reads before closing with 1013
+CLOSE_TIMEOUT = 5.0
+
+log = structlog.get_logger(__name__)
+
+
+class Session:
+    """The state of one socket: an account, a cursor, a signal, a reply queue."""
+
+    def __init__(
+        self, account: str, claims: Claims, store: Store, settings: Settings, conn: str
+    ) -> None:
+        self.account = account
+        self.claims = claims
+        self.cursor = StreamId(0, 0)
+        self._store = store
+        self._settings = settings
+        self._batch = settings.session_batch
+        self._wakeup = asyncio.Event()
+        self.signal = Signal(self._wakeup.set)
+        self._replies: deque[bytes] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stop: CloseCode | None = None
+        self._read_backoff = Backoff(base=0.05, cap=2.0)
+        self._failing_since: float | None = None
+        self._ws: web.WebSocketResponse | None = None
+        self._request: web.Request | None = None
+        self.log = log.bind(account=account, conn=conn)
+
+    def stop(self, code: CloseCode) -> None:
+        """Ask the delivery task to close the socket with `code` (first request wins)."""
+        if self._stop is None:
+            self._stop = code
+        self._wakeup.set()
+        self._room.set()
+
+    async def run(
+        self, request: web.Request, ws: web.WebSocketResponse, start: Start, epoch: str
+    ) -> None:
+        """Serve an opened socket until either side closes it."""
+        self._request, self._ws = request, ws
+        self.cursor = start.cursor
+        await ws.send_frame(
+            protocol.welcome(self.account, start.reported, epoch, start.recovered), WSMsgType.TEXT
+        )
+        expiry = self._schedule_expiry()
+        delivery = asyncio.create_task(self._deliver(), name=f"deliver:{self.account}")
+        try:
+            await self._receive()
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            self.stop(CloseCode.GOING_AWAY)
+            # The delivery task finishes its read (never cancelled mid-command) and closes.
+            await delivery
+
+    def _schedule_expiry(self) -> asyncio.TimerHandle | None:
+        if self.claims.expires_at is None:
+            return None
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.claims.expires_at - time.time())
+        return loop.call_later(delay, self.stop, CloseCode.TOKEN_EXPIRED)
+
+    # --- the delivery task: the only writer -------------------------------------------------
+
+    async def _deliver(self) -> None:
+        read_now = True  # the first read is unconditional: it is the catch-up
+        try:
+            while self._stop is None:
+                if read_now:
+                    self.signal.take()  # before reading: a wake from here on is kept
+                    read_now = await self._read_and_send()
+                if self._replies:
+                    await self._send_replies()
+                if read_now or self._stop is not None:
+                    continue
+                if not self.signal.pending and not self._replies:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                read_now = self.signal.pending
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away mid-send
+        except Exception:
+            self.log.exception("session_failed")
+            self._stop = CloseCode.INTERNAL_ERROR
+        finally:
+            self._room.set()
+            await self._close()
+
+    async def _read_and_send(self) -> bool:
+        """Read one batch after the cursor and send it; return whether more may be waiting."""
+        before = self.cursor
+        try:
+            entries = await uncancellable(self._store.read_after(self.account, before, self._batch))
+            full = len(entries) >= self._batch
+            # Only a full batch can hide a gap (see `trimmed_past`): check before sending.
+            if full and trimmed_past(
+                await uncancellable(self._store.first_retained(self.account)), before
+            ):
+                self.log.info("session_lagged", cursor=str(before))
+                self.stop(CloseCode.LAGGED)
+                return False
+        except (RedisError, OSError) as error:
+            self._read_failed(error)
+            return False
+        self._failing_since = None
+        self._read_backoff.reset()
+        sent = 0
+        try:
+            async with asyncio.timeout(self._settings.send_timeout):
+                for entry_id, fields in entries:
+                    await self._send(Event.from_entry(entry_id, fields).to_frame())
+                    sent += 1
+        except TimeoutError:
+            self.log.info("session_slow_consumer")
+            self.stop(CloseCode.SLOW_CONSUMER)
+        finally:
+            if sent:
+                self.cursor = StreamId.parse(entries[sent - 1][0])
+        return full and self._stop is None
+
+    def _read_failed(self, error: Exception) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since > READ_FAILURE_LIMIT:
+            self.log.warning("session_redis_unavailable", error=str(error))
+            self.stop(CloseCode.TRY_AGAIN_LATER)
+            return
+        # Retry by ourselves: the notifier's wake after its own recovery may already be past.
+        asyncio.get_running_loop().call_later(self._read_backoff.next_delay(), self.signal.wake)
+
+    async def _send_replies(self) -> None:
+        async with asyncio.timeout(self._settings.send_timeout):
+            while self._replies:
+                await self._send(self._replies.popleft())
+                self._room.set()
+
+    async def _send(self, frame: bytes) -> None:
+        assert self._ws is not None
+        await self._ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def _close(self) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        code = self._stop or CloseCode.GOING_AWAY
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await ws.close(code=code, message=str(self.cursor).encode())
+        except (TimeoutError, ConnectionResetError, RuntimeError):
+            # A client that reads nothing cannot even take the close frame.
+            transport = self._request.transport if self._request else None
+            if transport is not None:
+                transport.abort()
+
+    # --- the receive task ------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        async for message in self._ws:
+            if self._stop is not None:
+                continue  # closing: drain until the close handshake ends the iteration
+            if message.type is WSMsgType.TEXT:
+                await self._handle(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await self._reply(
+                    protocol.error(None, "binary_unsupported", "binary messages are not accepted")
+                )
+
+    async def _handle(self, text: str) -> None:
+        message = protocol.parse_message(text, sender=self.account)
+        if isinstance(message, Ping):
+            await self._reply(protocol.PONG.encode())
+        elif isinstance(message, Invalid):
+            await self._reply(protocol.error(message.ref, message.code, message.message))
+        elif isinstance(message, Publish):
+            await self._publish(message)
+
+    async def _publish(self, message: Publish) -> None:
+        if not self.claims.may_publish(message.to):
+            await self._reply(
+                protocol.error(
+                    message.ref, "forbidden", f"the token does not allow publishing to {message.to}"
+                )
+            )
+            return
+        try:
+            event_id = await uncancellable(
+                self._store.publish(message.to, message.type, message.payload)
+            )
+        except (RedisError, OSError):
+            self.log.warning("publish_failed", to=message.to, exc_info=True)
+            await self._reply(
+                protocol.error(message.ref, "unavailable", "Redis is unavailable; retry later")
+            )
+            return
+        if message.acknowledge:
+            await self._reply(protocol.ack(message.ref, event_id))
+
+    async def _reply(self, frame: bytes) -> None:
+        """Queue a reply for the delivery task; wait while the queue is full (backpressure)."""
+        while len(self._replies) >= MAX_QUEUED_REPLIES and self._stop is None:
+            self._room.clear()
+            await self._room.wait()
+        if self._stop is not None:
+            return
+        self._replies.append(frame)
+        self._wakeup.set()

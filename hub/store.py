@@ -1,0 +1,151 @@
+"""Every Redis command the hub sends: publish, stream state, reads, history, accounts, index."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any, TypeAlias, cast
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from hub import keys
+from hub.cursor import StreamState
+from hub.errors import EmailTaken
+from hub.events import JSON, Event, encode_payload
+from hub.ids import ZERO, StreamId
+
+Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
+"""A raw stream entry as redis-py returns it: (ID, fields)."""
+
+ACCOUNT_CREATED = "AccountCreated"
+log = structlog.get_logger(__name__)
+
+
+def _script(name: str) -> str:
+    return files("hub").joinpath(name).read_text(encoding="utf-8")
+
+
+PUBLISH_SCRIPT = _script("publish.lua")
+
+
+def connect(url: str, *, pool_size: int, socket_timeout: float | None) -> aioredis.Redis:
+    """A client with every redis-py default that matters spelled out.
+
+    No automatic retries: a retried publish could be stored twice. Stale pooled connections
+    (Redis restarted) are detected and replaced by the pool when they are checked out.
+    """
+    tcp_only = {} if url.startswith("unix:") else {"socket_keepalive": True}
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        **tcp_only,
+        max_connections=pool_size,
+        timeout=10,
+        protocol=2,
+        decode_responses=False,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=0,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _listed(reply: Any) -> list[Entry]:
+    """An XRANGE-style reply, typed."""
+    return cast(list[Entry], reply or [])
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of a one-stream XREAD reply (None or [] when there are none)."""
+    if not reply:
+        return []
+    return cast(list[Entry], reply[0][1])
+
+
+class Store:
+    """The hub's Redis operations over one client (a pool, or the notifier's own connection)."""
+
+    def __init__(self, redis: aioredis.Redis, *, retention: int, index_retention: int) -> None:
+        self.redis = redis
+        self._retention = retention
+        self._index_retention = index_retention
+        self._publish = redis.register_script(PUBLISH_SCRIPT)
+        self._open = redis.register_script(_script("open.lua"))
+        self._release = redis.register_script(_script("release.lua"))
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def publish(self, account: str, event_type: str, payload: JSON) -> str:
+        """Store one event and its index entry atomically; return its stream ID."""
+        event_id = await self._publish(
+            keys=[keys.account_log(account), keys.INDEX, keys.account_epoch(account)],
+            args=[
+                account,
+                event_type,
+                encode_payload(payload),
+                self._retention,
+                self._index_retention,
+            ],
+        )
+        return cast(bytes, event_id).decode("ascii")
+
+    async def stream_state(self, account: str) -> StreamState:
+        epoch, last, first, removed = await self._open(
+            keys=[keys.account_log(account), keys.account_epoch(account)]
+        )
+        return StreamState(
+            epoch=epoch.decode("ascii"),
+            last_generated=StreamId.parse(last),
+            first_retained=StreamId.parse(first) if first else None,
+            trimmed=int(removed) > 0,
+        )
+
+    async def read_after(self, account: str, cursor: StreamId, count: int) -> list[Entry]:
+        """At most `count` entries after `cursor`, without blocking."""
+        reply = await self.redis.xread({keys.account_log(account): str(cursor)}, count=count)
+        return _entries(reply)
+
+    async def first_retained(self, account: str) -> StreamId | None:
+        return await self._first(keys.account_log(account))
+
+    async def history(self, account: str, after: StreamId, limit: int) -> list[Event]:
+        entries = _listed(
+            await self.redis.xrange(
+                keys.account_log(account), min=f"({after}", max="+", count=limit
+            )
+        )
+        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def create_account(self, email: str) -> str:
+        """The seed's reservation pattern: a new ID, the address reserved, then the event."""
+        account = str(await self.redis.incr(keys.ACCOUNT_SEQUENCE))
+        if not await self.redis.set(keys.email(email), account, nx=True):
+            raise EmailTaken(f"{email} is already taken")
+        try:
+            await self.publish(account, ACCOUNT_CREATED, {"email": email})
+        except Exception:
+            try:
+                await self._release(keys=[keys.email(email)], args=[account])
+            except Exception:
+                log.error("reservation_not_released", account=account, exc_info=True)
+            raise
+        return account
+
+    async def index_tail(self) -> StreamId:
+        """The ID of the index's newest entry (0-0 when empty): where a notifier starts."""
+        entries = _listed(await self.redis.xrevrange(keys.INDEX, max="+", min="-", count=1))
+        return StreamId.parse(entries[0][0]) if entries else ZERO
+
+    async def read_index(self, after: StreamId, count: int, block_ms: int) -> list[Entry]:
+        reply = await self.redis.xread({keys.INDEX: str(after)}, count=count, block=block_ms)
+        return _entries(reply)
+
+    async def index_first(self) -> StreamId | None:
+        return await self._first(keys.INDEX)
+
+    async def _first(self, key: str) -> StreamId | None:
+        entries = _listed(await self.redis.xrange(key, min="-", max="+", count=1))
+        return StreamId.parse(entries[0][0]) if entries else None

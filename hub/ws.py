@@ -1,0 +1,59 @@
+"""`GET /ws/{account_id}`: check everything, pin the start position, then open the socket."""
+
+from __future__ import annotations
+
+import itertools
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from hub.aio import uncancellable
+from hub.auth import require
+from hub.cursor import parse_last_id, resolve_start
+from hub.errors import BadRequest, Unavailable
+from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin
+from hub.session import Session
+from hub.state import REGISTRY, SESSIONS, SETTINGS, STORE
+
+routes = web.RouteTableDef()
+_connection_ids = itertools.count(1)
+
+
+@routes.get("/ws/{account_id}")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    account = account_param(request)
+    check_origin(request)
+    claims = authenticate(request)
+    require(claims.may_open(account), f"opening the socket of account {account}")
+    requested = parse_last_id(request.query.get("last_id"))
+    epoch = request.query.get("epoch") or None
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        heartbeat=settings.heartbeat,
+        max_msg_size=settings.max_message,
+        compress=False,
+    )
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
+
+    session = Session(account, claims, request.app[STORE], settings, f"c{next(_connection_ids)}")
+    registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
+    # Register first, then pin the position, then answer 101: an event published at any
+    # instant from here on is either before the pinned position or wakes this session.
+    registry.register(account, session.signal)
+    try:
+        try:
+            state = await uncancellable(request.app[STORE].stream_state(account))
+        except RedisError as error:
+            raise Unavailable(f"Redis is unavailable: {error}") from None
+        start = resolve_start(requested, state, epoch)
+        await ws.prepare(request)
+        sessions.add(session)
+        session.log.info("session_opened", last_id=str(start.reported), recovered=start.recovered)
+        await session.run(request, ws, start, state.epoch)
+        session.log.info("session_closed", last_id=str(session.cursor), code=ws.close_code)
+    finally:
+        registry.unregister(account, session.signal)
+        sessions.discard(session)
+    return ws
