@@ -13,7 +13,9 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub.aio import uncancellable
 from hub.auth import UNRESTRICTED, Claims, require, verify
@@ -51,9 +53,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
     except RequestError as error:
         return error_response(error.status, error.code, error.message)
-    except RedisError as error:
+    except (RedisConnectionError, RedisTimeoutError) as error:
         log.warning("redis_unavailable", path=request.path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
+    except RedisError:
+        log.exception("redis_command_failed", path=request.path)
+        return error_response(500, "internal", "a Redis command failed")
     except web.HTTPException as error:
         if error.status < 400:
             raise

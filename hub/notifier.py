@@ -80,12 +80,12 @@ class Notifier:
 
     async def run(self) -> None:
         backoff = Backoff()
-        in_doubt = True  # the first read after a (re)start wakes everyone
+        in_doubt = True  # after a (re)start: read at once, then wake everyone
         while True:
             try:
                 if self.position is None:
                     await self.start_position()
-                await self._read_once(wake_everyone=in_doubt)
+                await self._read_once(in_doubt=in_doubt)
                 in_doubt = False
                 backoff.reset()
             except (RedisError, OSError) as error:
@@ -93,16 +93,21 @@ class Notifier:
                 delay = backoff.next_delay()
                 log.warning("notifier_redis_error", error=str(error), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
+            except Exception:
+                in_doubt = True
+                log.exception("notifier_failed")
+                await asyncio.sleep(backoff.next_delay())
 
-    async def _read_once(self, *, wake_everyone: bool) -> None:
+    async def _read_once(self, *, in_doubt: bool) -> None:
         assert self.position is not None
         before = self.position
-        entries = await self._store.read_index(before, self._batch, self._block_ms)
+        block = None if in_doubt else self._block_ms
+        entries = await self._store.read_index(before, self._batch, block)
         self.last_read_at = self._clock()
         self.batches += 1
-        if wake_everyone:
+        if in_doubt:
             woken = self._registry.wake_all()
-            log.info("notifier_woke_everyone", sessions=woken)
+            log.info("notifier_reading", position=str(before), woke=woken)
         if not entries:
             return
         self.position = StreamId.parse(entries[-1][0])

@@ -139,7 +139,8 @@ class Store:
         entries = _listed(await self.redis.xrevrange(keys.INDEX, max="+", min="-", count=1))
         return StreamId.parse(entries[0][0]) if entries else ZERO
 
-    async def read_index(self, after: StreamId, count: int, block_ms: int) -> list[Entry]:
+    async def read_index(self, after: StreamId, count: int, block_ms: int | None) -> list[Entry]:
+        """Index entries after `after`; `block_ms=None` answers at once."""
         reply = await self.redis.xread({keys.INDEX: str(after)}, count=count, block=block_ms)
         return _entries(reply)
 

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from hub.app import create_app
+from hub.config import AuthMode, Settings
+from tests.support import SECRET, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole run, on a free loopback port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server, emptied for each test."""
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, for tests that stop, kill or restart it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, secret=SECRET, heartbeat=60.0)
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any) -> Any:
+    """Start a hub (create_app + a real TCP server) with the given settings."""
+
+    async def make(settings: Settings, **overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(dataclasses.replace(settings, **overrides)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Any, settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    yield await make_client(settings)
+
+
+@pytest.fixture
+async def open_client(make_client: Any, settings: Settings) -> TestClient[Any, Any]:
+    """A hub with HUB_AUTH=off (the seed's trust-the-path mode)."""
+    return await make_client(settings, auth=AuthMode.OFF, secret=None)

@@ -1,0 +1,143 @@
+"""Real parts for tests: a redis-server process, tokens, and waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from aiohttp import ClientWebSocketResponse, WSMsgType
+
+from hub.auth import mint
+
+SECRET = "test-secret-that-is-at-least-32-characters-long"
+REDIS_BINARY = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port that tests can stop, kill and restart."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        if REDIS_BINARY is None:
+            raise RuntimeError("redis-server is not installed: run ./run setup (or apt-get)")
+        self.directory = directory
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=10)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # fmt: off
+        args = [
+            str(REDIS_BINARY), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--maxclients", "10000", "--logfile", str(self.directory / "redis.log"),
+        ]
+        # fmt: on
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def command_calls(self) -> dict[str, int]:
+        """`INFO commandstats` as {command: calls}."""
+        stats = self.client().info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def token(subject: str, publish: Any = (), ttl: float = 3600) -> str:
+    return mint(SECRET, subject, time.time(), ttl, publish)
+
+
+def bearer(subject: str, publish: Any = (), ttl: float = 3600) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(subject, publish, ttl)}"}
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll `condition` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+async def receive_json(ws: ClientWebSocketResponse, timeout: float = 10.0) -> Any:
+    message = await ws.receive(timeout=timeout)
+    assert message.type is WSMsgType.TEXT, f"expected a text frame, got {message}"
+    return orjson.loads(message.data)
+
+
+async def receive_text(ws: ClientWebSocketResponse, timeout: float = 10.0) -> str:
+    message = await ws.receive(timeout=timeout)
+    assert message.type is WSMsgType.TEXT, f"expected a text frame, got {message}"
+    return str(message.data)
+
+
+async def receive_events(ws: ClientWebSocketResponse, count: int, timeout: float = 10.0) -> list[Any]:
+    """The next `count` event frames; any control frame in between fails the test."""
+    events = []
+    for _ in range(count):
+        frame = await receive_json(ws, timeout)
+        assert "op" not in frame, f"expected an event frame, got {frame}"
+        events.append(frame)
+    return events
+
+
+async def expect_silence(ws: ClientWebSocketResponse, seconds: float) -> None:
+    """Nothing arrives for `seconds` (used only to prove an absence)."""
+    try:
+        message = await ws.receive(timeout=seconds)
+    except TimeoutError:
+        return
+    raise AssertionError(f"expected nothing, got {message}")

@@ -1,0 +1,186 @@
+"""The HTTP API over a real TCP server and a real Redis: every status code of the contract."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hub.config import Settings
+from tests.support import RedisServer, bearer, token
+
+Client = Any
+
+
+async def test_health_endpoints(client: Client) -> None:
+    response = await client.get("/")
+    assert (response.status, await response.text()) == (200, "Healthy")
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_unknown_routes_answer_json(client: Client) -> None:
+    response = await client.get("/nowhere")
+    assert response.status == 404
+    assert (await response.json())["error"] == "not_found"
+    response = await client.delete("/accounts/1/events")
+    assert response.status == 405
+
+
+async def test_publish_then_read_history(client: Client) -> None:
+    headers = bearer("1", ["1"])
+    ids = []
+    for n in range(3):
+        response = await client.post(
+            "/accounts/1/events", json={"type": "T", "payload": {"n": n}}, headers=headers
+        )
+        assert response.status == 201
+        ids.append((await response.json())["id"])
+
+    response = await client.get("/accounts/1/events", headers=headers)
+    assert response.status == 200
+    events = (await response.json())["events"]
+    assert [e["id"] for e in events] == ids
+    assert [e["payload"] for e in events] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+    page = await client.get(f"/accounts/1/events?after={ids[0]}&limit=1", headers=headers)
+    assert [e["id"] for e in (await page.json())["events"]] == [ids[1]]
+
+
+async def test_missing_payload_is_null(client: Client) -> None:
+    headers = bearer("1", ["1"])
+    assert (await client.post("/accounts/1/events", json={"type": "T"}, headers=headers)).status == 201
+    events = (await (await client.get("/accounts/1/events", headers=headers)).json())["events"]
+    assert events[0]["payload"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "invalid_body"),
+        (b"[1, 2]", "invalid_body"),
+        (b'{"payload": 1}', "invalid_type"),
+        (b'{"type": 5}', "invalid_type"),
+        (b'{"type": ""}', "invalid_type"),
+    ],
+)
+async def test_publish_rejects_bad_bodies(client: Client, body: bytes, code: str) -> None:
+    response = await client.post("/accounts/1/events", data=body, headers=bearer("1", ["1"]))
+    assert response.status == 400
+    assert (await response.json())["error"] == code
+
+
+async def test_publish_status_codes(client: Client) -> None:
+    body = {"type": "T", "payload": 1}
+    assert (await client.post("/accounts/a:b/events", json=body, headers=bearer("1", "*"))).status == 400
+    assert (await client.post("/accounts/1/events", json=body)).status == 401
+    expired = bearer("1", ["1"], ttl=-5)
+    response = await client.post("/accounts/1/events", json=body, headers=expired)
+    assert (response.status, (await response.json())["error"]) == (401, "token_expired")
+    assert (await client.post("/accounts/1/events", json=body, headers=bearer("1"))).status == 403
+    assert (await client.post("/accounts/2/events", json=body, headers=bearer("1", ["1"]))).status == 403
+    assert (await client.post("/accounts/2/events", json=body, headers=bearer("svc", "*"))).status == 201
+
+
+async def test_bodies_above_the_limit_are_refused(make_client: Any, settings: Settings) -> None:
+    client = await make_client(settings, max_message=2048)
+    body = {"type": "T", "payload": "x" * 4096}
+    response = await client.post("/accounts/1/events", json=body, headers=bearer("1", ["1"]))
+    assert response.status == 413
+    assert (await response.json())["error"] == "too_large"
+
+
+async def test_history_status_codes(client: Client) -> None:
+    assert (await client.get("/accounts/1/events")).status == 401
+    assert (await client.get("/accounts/1/events", headers=bearer("2", ["1"]))).status == 403
+    assert (await client.get("/accounts/1/events", headers=bearer("1"))).status == 200
+    assert (await client.get("/accounts/1/events", headers=bearer("svc", "*"))).status == 200
+    for query in ["after=x", "limit=0", "limit=1001", "limit=ten"]:
+        response = await client.get(f"/accounts/1/events?{query}", headers=bearer("1"))
+        assert response.status == 400, query
+    assert (await client.get("/accounts/1/events?limit=1000", headers=bearer("1"))).status == 200
+
+
+async def test_tokens_from_cookie_and_query_work_over_http(client: Client) -> None:
+    response = await client.get("/accounts/1/events", cookies={"hub_token": token("1")})
+    assert response.status == 200
+    assert (await client.get(f"/accounts/1/events?token={token('1')}")).status == 200
+
+
+async def test_create_account(client: Client, redis_server: RedisServer) -> None:
+    admin = bearer("svc", "*")
+    response = await client.post("/accounts", json={"email": "Ada@Example.com"}, headers=admin)
+    assert response.status == 201
+    account = (await response.json())["id"]
+    assert isinstance(account, str)
+
+    again = await client.post("/accounts", json={"email": "ada@example.COM"}, headers=admin)
+    assert again.status == 409
+    assert (await again.json())["error"] == "email_taken"
+
+    redis = redis_server.client()
+    assert redis.get("email:ada@example.com") == account.encode()
+    events = (await (await client.get(f"/accounts/{account}/events", headers=admin)).json())["events"]
+    assert [(e["type"], e["payload"]) for e in events] == [
+        ("AccountCreated", {"email": "ada@example.com"})
+    ]
+
+
+async def test_create_account_status_codes(client: Client) -> None:
+    assert (await client.post("/accounts", json={"email": "a@b.io"})).status == 401
+    assert (await client.post("/accounts", json={"email": "a@b.io"}, headers=bearer("1", ["1"]))).status == 403
+    for body in [{"email": "nope"}, {}, {"email": 3}]:
+        response = await client.post("/accounts", json=body, headers=bearer("svc", "*"))
+        assert response.status == 400
+
+
+async def test_fifty_simultaneous_reservations_of_one_address_make_one_account(
+    client: Client, redis_server: RedisServer
+) -> None:
+    admin = bearer("svc", "*")
+    gate = asyncio.Event()
+
+    async def attempt() -> int:
+        await gate.wait()
+        response = await client.post("/accounts", json={"email": "race@example.com"}, headers=admin)
+        return int(response.status)
+
+    attempts = [asyncio.create_task(attempt()) for _ in range(50)]
+    await asyncio.sleep(0)  # let every task reach the gate
+    gate.set()
+    statuses = await asyncio.gather(*attempts)
+
+    assert statuses.count(201) == 1
+    assert statuses.count(409) == 49
+    owner = redis_server.client().get("email:race@example.com")
+    assert redis_server.client().xlen(f"account:{owner.decode()}:log") == 1
+
+
+async def test_a_failed_event_write_releases_the_reservation(
+    client: Client, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    # The next account's stream key already holds another type: the XADD in the script fails.
+    next_id = int(redis.get("account_id") or 0) + 1
+    redis.set(f"account:{next_id}:log", "not a stream")
+    response = await client.post("/accounts", json={"email": "x@y.io"}, headers=bearer("svc", "*"))
+    assert (response.status, (await response.json())["error"]) == (500, "internal")
+    assert redis.get("email:x@y.io") is None
+    response = await client.post("/accounts", json={"email": "x@y.io"}, headers=bearer("svc", "*"))
+    assert response.status == 201
+
+
+async def test_redis_down_gives_503_and_the_hub_keeps_serving(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url)
+    own_redis.stop()
+    body = {"type": "T", "payload": 1}
+    response = await client.post("/accounts/1/events", json=body, headers=bearer("1", ["1"]))
+    assert (response.status, (await response.json())["error"]) == (503, "unavailable")
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+    own_redis.start()
+    response = await client.post("/accounts/1/events", json=body, headers=bearer("1", ["1"]))
+    assert response.status == 201
