@@ -63,7 +63,9 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     url = app[REDIS_URL]
     pool = connect(url, pool_size=settings.redis_pool_size, socket_timeout=10)
     # The notifier's own connection: its socket timeout must outlast the BLOCK.
-    blocking = connect(url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10)
+    blocking = connect(
+        url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10, name="hub-notifier"
+    )
     store = Store(pool, retention=settings.retention, index_retention=settings.index_retention)
     notifier = Notifier(
         Store(blocking, retention=settings.retention, index_retention=settings.index_retention),
@@ -84,8 +86,8 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await blocking.aclose()
-    await pool.aclose()
+    await blocking.aclose(close_connection_pool=True)
+    await pool.aclose(close_connection_pool=True)
 
 
 async def _close_sessions(app: web.Application) -> None:

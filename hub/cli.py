@@ -111,4 +111,4 @@ async def _publish(settings: Settings, account: str, event_type: str, payload: s
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     finally:
-        await redis.aclose()
+        await redis.aclose(close_connection_pool=True)

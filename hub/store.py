@@ -30,11 +30,14 @@ def _script(name: str) -> str:
 PUBLISH_SCRIPT = _script("publish.lua")
 
 
-def connect(url: str, *, pool_size: int, socket_timeout: float | None) -> aioredis.Redis:
+def connect(
+    url: str, *, pool_size: int, socket_timeout: float | None, name: str = "hub"
+) -> aioredis.Redis:
     """A client with every redis-py default that matters spelled out.
 
     No automatic retries: a retried publish could be stored twice. Stale pooled connections
     (Redis restarted) are detected and replaced by the pool when they are checked out.
+    Connections carry `name` so that `CLIENT LIST` shows which are the hub's.
     """
     tcp_only = {} if url.startswith("unix:") else {"socket_keepalive": True}
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -48,6 +51,7 @@ def connect(url: str, *, pool_size: int, socket_timeout: float | None) -> aiored
         socket_connect_timeout=5,
         health_check_interval=0,
         retry=Retry(NoBackoff(), 0),
+        client_name=name,
     )
     return aioredis.Redis(connection_pool=pool)
 

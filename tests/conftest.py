@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from hub import logs
 from hub.app import create_app
 from hub.config import AuthMode, Settings
 from tests.support import SECRET, RedisServer
@@ -55,10 +56,16 @@ async def make_client(aiohttp_client: Any) -> Any:
 
 @pytest.fixture
 async def client(make_client: Any, settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    yield await make_client(settings)
+    return await make_client(settings)
 
 
 @pytest.fixture
 async def open_client(make_client: Any, settings: Settings) -> TestClient[Any, Any]:
     """A hub with HUB_AUTH=off (the seed's trust-the-path mode)."""
     return await make_client(settings, auth=AuthMode.OFF, secret=None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_logs() -> None:
+    """Warnings and errors only: per-connection info lines would drown test output."""
+    logs.configure("warning", json=False)

@@ -124,7 +124,9 @@ async def receive_text(ws: ClientWebSocketResponse, timeout: float = 10.0) -> st
     return str(message.data)
 
 
-async def receive_events(ws: ClientWebSocketResponse, count: int, timeout: float = 10.0) -> list[Any]:
+async def receive_events(
+    ws: ClientWebSocketResponse, count: int, timeout: float = 10.0
+) -> list[Any]:
     """The next `count` event frames; any control frame in between fails the test."""
     events = []
     for _ in range(count):
@@ -141,3 +143,46 @@ async def expect_silence(ws: ClientWebSocketResponse, seconds: float) -> None:
     except TimeoutError:
         return
     raise AssertionError(f"expected nothing, got {message}")
+
+
+class Monitor:
+    """Redis MONITOR on a raw connection: every command Redis runs, with its arguments."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.commands: list[list[str]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> Monitor:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(b"MONITOR\r\n")
+        assert (await reader.readline()).startswith(b"+OK")
+        self._task = asyncio.create_task(self._collect(reader))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        assert self._writer is not None
+        self._task.cancel()
+        self._writer.close()
+
+    async def _collect(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            # +1700000000.000000 [0 127.0.0.1:5555] "XREAD" "COUNT" "100" ...
+            _, _, quoted = line.decode("utf-8", "replace").partition("] ")
+            self.commands.append([part for part in quoted.strip().split('"') if part.strip()])
+
+    def reads_of(self, prefix: str = "account:") -> list[str]:
+        """The keys read by XREAD commands, in order (one item per key per command)."""
+        return self.reads_of_commands(self.commands, prefix)
+
+    @staticmethod
+    def reads_of_commands(commands: list[list[str]], prefix: str = "account:") -> list[str]:
+        keys = []
+        for command in commands:
+            if command and command[0].upper() == "XREAD":
+                streams = command.index("STREAMS") if "STREAMS" in command else len(command)
+                names = command[streams + 1 :]
+                keys += [name for name in names[: len(names) // 2] if name.startswith(prefix)]
+        return keys

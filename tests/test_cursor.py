@@ -117,7 +117,11 @@ def test_a_different_epoch_is_not_recovered() -> None:
 
 def test_an_id_the_stream_never_produced_is_not_recovered_and_reads_from_its_end() -> None:
     start = resolve_start(parse_last_id("99-0"), state("9-0", "1-0"), None)
-    assert (start.reported, start.cursor, start.recovered) == (StreamId(9, 0), StreamId(9, 0), False)
+    assert (start.reported, start.cursor, start.recovered) == (
+        StreamId(9, 0),
+        StreamId(9, 0),
+        False,
+    )
 
 
 def test_everything_trimmed_away() -> None:

@@ -50,7 +50,9 @@ async def test_publish_then_read_history(client: Client) -> None:
 
 async def test_missing_payload_is_null(client: Client) -> None:
     headers = bearer("1", ["1"])
-    assert (await client.post("/accounts/1/events", json={"type": "T"}, headers=headers)).status == 201
+    assert (
+        await client.post("/accounts/1/events", json={"type": "T"}, headers=headers)
+    ).status == 201
     events = (await (await client.get("/accounts/1/events", headers=headers)).json())["events"]
     assert events[0]["payload"] is None
 
@@ -73,14 +75,20 @@ async def test_publish_rejects_bad_bodies(client: Client, body: bytes, code: str
 
 async def test_publish_status_codes(client: Client) -> None:
     body = {"type": "T", "payload": 1}
-    assert (await client.post("/accounts/a:b/events", json=body, headers=bearer("1", "*"))).status == 400
+    assert (
+        await client.post("/accounts/a:b/events", json=body, headers=bearer("1", "*"))
+    ).status == 400
     assert (await client.post("/accounts/1/events", json=body)).status == 401
     expired = bearer("1", ["1"], ttl=-5)
     response = await client.post("/accounts/1/events", json=body, headers=expired)
     assert (response.status, (await response.json())["error"]) == (401, "token_expired")
     assert (await client.post("/accounts/1/events", json=body, headers=bearer("1"))).status == 403
-    assert (await client.post("/accounts/2/events", json=body, headers=bearer("1", ["1"]))).status == 403
-    assert (await client.post("/accounts/2/events", json=body, headers=bearer("svc", "*"))).status == 201
+    assert (
+        await client.post("/accounts/2/events", json=body, headers=bearer("1", ["1"]))
+    ).status == 403
+    assert (
+        await client.post("/accounts/2/events", json=body, headers=bearer("svc", "*"))
+    ).status == 201
 
 
 async def test_bodies_above_the_limit_are_refused(make_client: Any, settings: Settings) -> None:
@@ -121,7 +129,9 @@ async def test_create_account(client: Client, redis_server: RedisServer) -> None
 
     redis = redis_server.client()
     assert redis.get("email:ada@example.com") == account.encode()
-    events = (await (await client.get(f"/accounts/{account}/events", headers=admin)).json())["events"]
+    events = (await (await client.get(f"/accounts/{account}/events", headers=admin)).json())[
+        "events"
+    ]
     assert [(e["type"], e["payload"]) for e in events] == [
         ("AccountCreated", {"email": "ada@example.com"})
     ]
@@ -129,7 +139,9 @@ async def test_create_account(client: Client, redis_server: RedisServer) -> None
 
 async def test_create_account_status_codes(client: Client) -> None:
     assert (await client.post("/accounts", json={"email": "a@b.io"})).status == 401
-    assert (await client.post("/accounts", json={"email": "a@b.io"}, headers=bearer("1", ["1"]))).status == 403
+    assert (
+        await client.post("/accounts", json={"email": "a@b.io"}, headers=bearer("1", ["1"]))
+    ).status == 403
     for body in [{"email": "nope"}, {}, {"email": 3}]:
         response = await client.post("/accounts", json=body, headers=bearer("svc", "*"))
         assert response.status == 400

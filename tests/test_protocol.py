@@ -88,17 +88,22 @@ def test_token_round_trip() -> None:
     now = time.time()
     claims = verify(mint(SECRET, "7", now, 60, ["7", "8"]), SECRET, now)
     assert claims == Claims("7", int(now + 60), publish_to=frozenset({"7", "8"}))
-    assert claims.may_open("7") and not claims.may_open("8")
-    assert claims.may_publish("8") and not claims.may_publish("9")
-    assert claims.may_read_history("7") and not claims.may_read_history("8")
+    assert claims.may_open("7")
+    assert not claims.may_open("8")
+    assert claims.may_publish("8")
+    assert not claims.may_publish("9")
+    assert claims.may_read_history("7")
+    assert not claims.may_read_history("8")
     assert not claims.may_create_accounts()
 
 
 def test_star_rights() -> None:
     now = time.time()
     claims = verify(mint(SECRET, "svc", now, 60, "*"), SECRET, now)
-    assert claims.may_publish("any") and claims.may_read_history("any")
-    assert claims.may_create_accounts() and not claims.may_open("any")
+    assert claims.may_publish("any")
+    assert claims.may_read_history("any")
+    assert claims.may_create_accounts()
+    assert not claims.may_open("any")
 
 
 @pytest.mark.parametrize(
@@ -109,7 +114,10 @@ def test_star_rights() -> None:
         ("not.a.token", "invalid_token"),
         (jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"), "invalid_token"),
         (jwt.encode({"sub": 1, "exp": 2**40}, SECRET, algorithm="HS256"), "invalid_token"),
-        (jwt.encode({"sub": "1", "exp": 2**40, "pub": 3}, SECRET, algorithm="HS256"), "invalid_token"),
+        (
+            jwt.encode({"sub": "1", "exp": 2**40, "pub": 3}, SECRET, algorithm="HS256"),
+            "invalid_token",
+        ),
         (jwt.encode({"sub": "1", "exp": 2**40}, SECRET * 2, algorithm="HS512"), "invalid_token"),
     ],
 )

@@ -119,7 +119,9 @@ def _interleavings() -> list[tuple[str, ...]]:
     result = []
     for positions in itertools.combinations(range(steps), len(SESSION_STEPS)):
         session, producer = iter(SESSION_STEPS), iter(PRODUCER_STEPS)
-        result.append(tuple(next(session) if i in positions else next(producer) for i in range(steps)))
+        result.append(
+            tuple(next(session) if i in positions else next(producer) for i in range(steps))
+        )
     return result
 
 

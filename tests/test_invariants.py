@@ -1,0 +1,172 @@
+"""DESIGN.md's invariants, each shown against a real Redis over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from hub.config import Settings
+from hub.state import REGISTRY, SESSIONS, STORE
+from tests.support import Monitor, RedisServer, bearer, receive_events, receive_json, wait_until
+from tests.test_ws import connect, publish
+
+Client = Any
+
+
+async def test_only_the_sessions_of_the_account_read(
+    client: Client, redis_server: RedisServer
+) -> None:
+    accounts = [f"acc{n}" for n in range(20)]
+    async with Monitor(redis_server.port) as monitor:
+        sockets = {a: [await connect(client, a) for _ in range(3)] for a in accounts}
+        # Every session made its catch-up read: from here on, reads come only from wakes.
+        await wait_until(lambda: len(monitor.reads_of()) >= 60, what="60 catch-up reads")
+        mark = len(monitor.commands)
+
+        await publish(client, "acc7", "hello")
+        for ws in sockets["acc7"]:
+            await receive_events(ws, 1)
+        # A second event on another account: by the time it is delivered, any read that
+        # the first wake caused has long been sent.
+        await publish(client, "acc3", "sentinel")
+        for ws in sockets["acc3"]:
+            await receive_events(ws, 1)
+
+        reads = Monitor.reads_of_commands(monitor.commands[mark:])
+    assert sorted(reads) == ["account:acc3:log"] * 3 + ["account:acc7:log"] * 3
+
+
+async def test_idle_sockets_cost_redis_nothing(
+    make_client: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    client = await make_client(settings)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = client.make_url("/ws/")
+
+        async def open_socket(n: int) -> Any:
+            ws = await session.ws_connect(f"{url}{n % 100}", headers=bearer(str(n % 100)))
+            await receive_json(ws, timeout=30)
+            return ws
+
+        sockets = []
+        for start in range(0, 1000, 100):
+            sockets += await asyncio.gather(*(open_socket(n) for n in range(start, start + 100)))
+        assert len(client.app[REGISTRY]) == 1000
+
+        before = redis_server.command_calls()
+        await asyncio.sleep(5)  # the measurement window, not a synchronisation
+        after = redis_server.command_calls()
+
+        spent = {name: after[name] - before.get(name, 0) for name in after}
+        measuring = {"info", "hello"}  # this test's own INFO on a fresh connection
+        spent = {name: calls for name, calls in spent.items() if calls and name not in measuring}
+        # One blocked XREAD renewed every 5 s BLOCK: one or two commands in 5 s.
+        assert sum(spent.values()) <= 3, spent
+        assert set(spent) <= {"xread"}, spent
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_no_lost_wake_up_for_an_event_right_after_the_handshake(client: Client) -> None:
+    for n in range(20):
+        account = f"fresh{n}"
+        ws = await connect(client, account, "?last_id=$")
+        published = await publish(client, account, n)
+        [event] = await receive_events(ws, 1, timeout=5)
+        assert event["id"] == published
+        await ws.close()
+
+
+async def test_no_lost_wake_up_during_catch_up(client: Client, redis_server: RedisServer) -> None:
+    redis = redis_server.client()
+    for n in range(20):
+        account = f"busy{n}"
+        pipe = redis.pipeline(transaction=False)
+        for i in range(300):
+            pipe.xadd(f"account:{account}:log", {"type": "Old", "payload": str(i)})
+        ids = [entry_id.decode() for entry_id in pipe.execute()]
+
+        ws = await connect(client, account, "?last_id=0")
+        ids.append(await publish(client, account, "while catching up"))  # the catch-up runs now
+        events = await receive_events(ws, len(ids), timeout=10)
+        assert [e["id"] for e in events] == ids  # every event, once, in order
+        try:
+            extra = await ws.receive(timeout=0.05)
+        except TimeoutError:
+            extra = None
+        assert extra is None, f"unexpected frame {extra}"
+        await ws.close()
+
+
+async def test_many_sockets_closing_at_once_leave_nothing_behind(
+    make_client: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    client = await make_client(settings, redis_pool_size=8)
+    app = client.app
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        url = client.make_url("/ws/")
+        sockets = await asyncio.gather(
+            *(session.ws_connect(f"{url}{n % 5}", headers=bearer(str(n % 5))) for n in range(200))
+        )
+        for ws in sockets:
+            await receive_json(ws)
+        redis = redis_server.client()
+        for account in range(5):
+            for i in range(150):
+                redis.xadd(f"account:{account}:log", {"type": "T", "payload": str(i)})
+            await publish(client, str(account), "wake")
+        # Reads are in flight for every session: drop every client connection at once.
+        for ws in sockets:
+            ws._writer.transport.abort()  # no close handshake: a vanished client
+        for ws in sockets:
+            await ws.close()
+
+    await wait_until(lambda: not app[SESSIONS] and len(app[REGISTRY]) == 0, what="sessions gone")
+    await wait_until(
+        lambda: not [t for t in asyncio.all_tasks() if t.get_name().startswith("deliver:")],
+        what="delivery tasks gone",
+    )
+    pool = app[STORE].redis.connection_pool
+    await wait_until(lambda: not pool._in_use_connections, what="pool connections returned")
+    assert len(pool._available_connections) <= 8
+    # Redis sees at most the pool and the notifier: no connection leaked.
+    clients = [c for c in redis_server.client().client_list() if c["name"].startswith("hub")]
+    assert len(clients) <= 8 + 1, [(c["name"], c["cmd"]) for c in clients]
+    # The hub still serves.
+    ws = await connect(client, "0", "?last_id=$")
+    published = await publish(client, "0", "still alive")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [published]
+
+
+async def test_notifier_recovers_when_redis_restarts_under_the_hub(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url)
+    ws = await connect(client, "1", "?last_id=$")
+    before = await publish(client, "1", "before")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [before]
+
+    own_redis.restart()  # killed: the blocked XREAD and every pooled connection break
+
+    async def published_after() -> bool:
+        response = await client.post(
+            "/accounts/1/events", json={"type": "T", "payload": "after"}, headers=bearer("s", "*")
+        )
+        return bool(response.status == 201)
+
+    await wait_until(published_after, timeout=20, what="a publish after the restart")
+    [event] = await receive_events(ws, 1, timeout=20)
+    assert event["payload"] == "after"
+
+    async def ready() -> bool:
+        return bool((await client.get("/readyz")).status == 200)
+
+    await wait_until(ready, timeout=20, what="ready again")
+    started = time.monotonic()
+    again = await publish(client, "1", "later")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [again]
+    assert time.monotonic() - started < 10
