@@ -1,0 +1,209 @@
+"""The command line and the embedded Redis, run as a user would: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.auth import verify
+from tests.support import SECRET, free_port
+
+
+def hub_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "REDIS_URL"))}
+    env["HUB_DATA_DIR"] = str(tmp_path / "data")
+    return env
+
+
+def test_token_prints_a_verifiable_token(tmp_path: Path, base_env: dict[str, str]) -> None:
+    env = {**base_env, "HUB_SECRET": SECRET}
+    result = hub_command("token", "42", "--publish", "42,43", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    claims = verify(result.stdout.strip(), SECRET, time.time())
+    assert claims.subject == "42"
+    assert claims.publish_to == frozenset({"42", "43"})
+
+    star = hub_command("token", "billing", "--publish", "*", env=env, cwd=tmp_path)
+    assert verify(star.stdout.strip(), SECRET, time.time()).publish_everywhere
+
+    expired = hub_command("token", "1", "--ttl", "-10", env=env, cwd=tmp_path)
+    with pytest.raises(Exception, match="expired"):
+        verify(expired.stdout.strip(), SECRET, time.time())
+
+
+def test_token_reads_the_secret_from_dotenv(tmp_path: Path, base_env: dict[str, str]) -> None:
+    (tmp_path / ".env").write_text(f"HUB_SECRET={SECRET}\n")
+    result = hub_command("token", "7", env=base_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert verify(result.stdout.strip(), SECRET, time.time()).subject == "7"
+
+
+def test_errors_are_one_clear_line(tmp_path: Path, base_env: dict[str, str]) -> None:
+    result = hub_command("token", "7", env=base_env, cwd=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1)
+    assert "HUB_SECRET" in result.stderr
+
+    bad_port = hub_command("serve", env={**base_env, "HUB_PORT": "http"}, cwd=tmp_path)
+    assert bad_port.returncode == 2
+    assert bad_port.stderr.startswith("hub: error: HUB_PORT must be")
+    assert bad_port.stderr.count("\n") == 1
+
+    exposed = {**base_env, "HUB_AUTH": "off", "HUB_HOST": "0.0.0.0"}
+    refused = hub_command("serve", env=exposed, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "HUB_AUTH=off" in refused.stderr
+
+    no_hub = hub_command("publish", "1", "T", "{}", env=base_env, cwd=tmp_path)
+    assert no_hub.returncode == 2
+    assert "hub serve" in no_hub.stderr
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+class HubProcess:
+    """`python -m hub serve` on the embedded Redis, with its JSON log lines collected."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = int(env["HUB_PORT"])
+        self.log = cwd / f"hub-{time.monotonic_ns()}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hub", "serve"], env=env, cwd=cwd, stderr=log
+            )
+        wait_for(self.ready)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            with urllib.request.urlopen(self.url("/readyz"), timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def request(self, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url(path), data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def redis_pid(self) -> int:
+        for line in self.log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("event") == "embedded_redis_started":
+                return int(entry["pid"])
+        raise AssertionError("no embedded_redis_started line")
+
+
+@pytest.fixture
+def serve_env(base_env: dict[str, str]) -> dict[str, str]:
+    return {**base_env, "HUB_AUTH": "off", "HUB_PORT": str(free_port())}
+
+
+@pytest.fixture
+def hubs() -> Iterator[list[HubProcess]]:
+    started: list[HubProcess] = []
+    yield started
+    for hub in started:
+        if hub.process.poll() is None:
+            hub.process.kill()
+            hub.process.wait()
+
+
+def test_embedded_redis_keeps_events_and_does_not_outlive_the_hub(
+    tmp_path: Path, serve_env: dict[str, str], hubs: list[HubProcess]
+) -> None:
+    first = HubProcess(serve_env, tmp_path)
+    hubs.append(first)
+    event = first.request("/accounts/1/events", {"type": "T", "payload": {"kept": True}})
+    published = hub_command("publish", "1", "Note", "not json", env=serve_env, cwd=tmp_path)
+    assert published.returncode == 0, published.stderr
+
+    # A second hub may not share the data directory.
+    other = hub_command("serve", env={**serve_env, "HUB_PORT": str(free_port())}, cwd=tmp_path)
+    assert other.returncode != 0
+    assert "another hub" in other.stderr + other.stdout
+
+    redis_pid = first.redis_pid()
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=30) == 0
+    wait_for(lambda: not alive(redis_pid))
+
+    second = HubProcess(serve_env, tmp_path)
+    hubs.append(second)
+    events = second.request("/accounts/1/events")["events"]
+    assert events[0]["id"] == event["id"]
+    assert [(e["type"], e["payload"]) for e in events] == [
+        ("T", {"kept": True}),
+        ("Note", "not json"),
+    ]
+
+    # Killed outright, the hub still takes its Redis down with it.
+    redis_pid = second.redis_pid()
+    second.process.kill()
+    second.process.wait()
+    wait_for(lambda: not alive(redis_pid))
+
+
+def test_embedded_redis_is_restarted_if_it_dies(
+    tmp_path: Path, serve_env: dict[str, str], hubs: list[HubProcess]
+) -> None:
+    hub = HubProcess(serve_env, tmp_path)
+    hubs.append(hub)
+    before = hub.request("/accounts/1/events", {"type": "T", "payload": 1})
+    os.kill(hub.redis_pid(), signal.SIGKILL)
+
+    def published() -> bool:
+        try:
+            hub.request("/accounts/1/events", {"type": "T", "payload": 2})
+        except urllib.error.HTTPError:
+            return False
+        return True
+
+    wait_for(published)
+    wait_for(hub.ready)
+    ids = [e["id"] for e in hub.request("/accounts/1/events")["events"]]
+    assert ids[0] == before["id"]  # in the AOF before the reply: a killed Redis keeps it
