@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +23,23 @@ async def uncancellable(awaitable: Awaitable[T]) -> T:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await `awaitable` for at most `seconds`; past that raise TimeoutError and let it finish.
+
+    Unlike `asyncio.timeout`, the operation is not cancelled mid-flight (see `uncancellable`)
+    and the caller does not wait for it either.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        async with asyncio.timeout(seconds):
+            return await asyncio.shield(task)
+    except TimeoutError:
+        task.add_done_callback(_consume_result)
+        raise
+
+
+def _consume_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

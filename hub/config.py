@@ -52,7 +52,7 @@ class Settings:
 
     @property
     def session_batch(self) -> int:
-        """Entries per session read, never more than the stream retains (see `trimmed_past`)."""
+        """Entries per session read: never more than a stream retains (`StreamHead.lost_after`)."""
         return min(self.read_batch, self.retention) if self.retention else self.read_batch
 
     def with_overrides(self, *, host: str | None = None, port: int | None = None) -> Settings:

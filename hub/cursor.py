@@ -39,13 +39,28 @@ def parse_last_id(value: str | None) -> Requested:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamHead:
+    """The start and end of a stream, and whether it ever lost entries to trimming."""
+
+    last_generated: StreamId  # 0-0 when the stream never had an entry
+    first_retained: StreamId | None  # None when the stream holds no entry
+    trimmed: bool  # whether any entry was ever removed (entries-added > length)
+
+    def lost_after(self, position: StreamId) -> bool:
+        """Whether an entry after `position` may have been removed from the stream."""
+        if not self.trimmed:
+            return False
+        if self.first_retained is None:
+            return position < self.last_generated
+        return trimmed_past(self.first_retained, position)
+
+
+@dataclass(frozen=True, slots=True)
 class StreamState:
     """What Redis says of an account's stream at the moment a session opens."""
 
     epoch: str
-    last_generated: StreamId  # 0-0 when the stream never had an entry
-    first_retained: StreamId | None  # None when the stream holds no entry
-    trimmed: bool  # whether any entry was ever removed (entries-added > length)
+    head: StreamHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +74,21 @@ class Start:
 
 def resolve_start(requested: Requested, state: StreamState, epoch: str | None) -> Start:
     """Turn the client's request into a concrete position, before the WebSocket opens."""
+    head = state.head
     if requested.kind is From.NOW:
-        return Start(state.last_generated, state.last_generated, recovered=True)
+        return Start(head.last_generated, head.last_generated, recovered=True)
     position = requested.after
     # The client claims an ID this stream never produced: Redis lost data since. Read from
     # what the stream has now so that new events are not skipped, and say so.
-    lost = position > state.last_generated
+    lost = position > head.last_generated
     if lost:
-        position = state.last_generated
+        position = head.last_generated
     if epoch is not None and epoch != state.epoch:
         lost = True
-    if state.trimmed:
-        if state.first_retained is None:
-            lost = lost or position < state.last_generated
-        else:
-            lost = lost or trimmed_past(state.first_retained, position)
+    lost = lost or head.lost_after(position)
     cursor = position
-    if state.first_retained is not None and position < state.first_retained:
-        # Start just before the first retained entry, so that a later check for trimming
-        # (`trimmed_past`) compares against a position the stream still agrees with.
-        cursor = state.first_retained.prev()
+    if head.first_retained is not None and position < head.first_retained:
+        # Start just before the first retained entry, so that a later `lost_after` check
+        # compares against a position the stream still agrees with.
+        cursor = head.first_retained.prev()
     return Start(reported=position, cursor=cursor, recovered=not lost)

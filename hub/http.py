@@ -5,7 +5,6 @@ Handlers are thin: parse, check the token's rights, call the store, write JSON.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hub.aio import uncancellable
+from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
 from hub.errors import BadRequest, Forbidden, RequestError, Unauthorized
@@ -26,6 +25,7 @@ from hub.ids import ZERO, StreamId, normalize_email, validate_account_id
 from hub.state import NOTIFIER, SETTINGS, STORE
 
 DEFAULT_HISTORY_LIMIT = 100
+READY_TIMEOUT = 2.0
 MAX_HISTORY_LIMIT = 1000
 TOKEN_COOKIE = "hub_token"
 SUBPROTOCOL = "hub"
@@ -132,8 +132,7 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready while Redis answers and the notifier read within its BLOCK timeout + 5 s."""
     try:
-        async with asyncio.timeout(2):
-            await uncancellable(request.app[STORE].ping())
+        await within(request.app[STORE].ping(), READY_TIMEOUT)
     except (RedisError, OSError, TimeoutError) as error:
         return error_response(503, "redis_unavailable", f"Redis does not answer: {error}")
     if not request.app[NOTIFIER].healthy():

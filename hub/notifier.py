@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import structlog
 from redis.exceptions import RedisError
 
-from hub.ids import StreamId, is_valid_account_id, trimmed_past
+from hub.ids import StreamId, is_valid_account_id
 from hub.registry import Registry
 from hub.store import Entry, Store
 
@@ -115,6 +115,6 @@ class Notifier:
         # A short batch proves nothing was trimmed unread (the index keeps far more than a
         # batch). A full one means we lag: if the index was trimmed past where we were,
         # wake everyone rather than guess.
-        if len(entries) >= self._batch and trimmed_past(await self._store.index_first(), before):
+        if len(entries) >= self._batch and (await self._store.index_head()).lost_after(before):
             log.warning("notifier_overrun", position=str(before))
             self._registry.wake_all()

@@ -23,7 +23,7 @@ from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
 from hub.events import Event
-from hub.ids import StreamId, trimmed_past
+from hub.ids import StreamId
 from hub.notifier import Backoff
 from hub.protocol import CloseCode, Invalid, Ping, Publish
 from hub.registry import Signal
@@ -60,6 +60,11 @@ class Session:
         self._request: web.Request | None = None
         self.log = log.bind(account=account, conn=conn)
 
+    @property
+    def stopping(self) -> CloseCode | None:
+        """The close code the session is closing with, once decided."""
+        return self._stop
+
     def stop(self, code: CloseCode) -> None:
         """Ask the delivery task to close the socket with `code` (first request wins)."""
         if self._stop is None:
@@ -80,6 +85,9 @@ class Session:
         delivery = asyncio.create_task(self._deliver(), name=f"deliver:{self.account}")
         try:
             await self._receive()
+        except asyncio.CancelledError:
+            delivery.cancel()  # the server is being torn down: do not wait for the client
+            raise
         finally:
             if expiry is not None:
                 expiry.cancel()
@@ -111,8 +119,8 @@ class Session:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 read_now = self.signal.pending
-        except (ConnectionResetError, RuntimeError):
-            pass  # the client went away mid-send
+        except ConnectionResetError as error:
+            self.log.debug("session_client_gone", error=str(error))
         except Exception:
             self.log.exception("session_failed")
             self._stop = CloseCode.INTERNAL_ERROR
@@ -126,30 +134,34 @@ class Session:
         try:
             entries = await uncancellable(self._store.read_after(self.account, before, self._batch))
             full = len(entries) >= self._batch
-            # Only a full batch can hide a gap (see `trimmed_past`): check before sending.
-            if full and trimmed_past(
-                await uncancellable(self._store.first_retained(self.account)), before
-            ):
-                self.log.info("session_lagged", cursor=str(before))
-                self.stop(CloseCode.LAGGED)
-                return False
+            # Only a full batch can hide a gap (see `StreamHead.lost_after`): check before
+            # sending, so that nothing after a gap reaches a client that must resync.
+            if full:
+                head = await uncancellable(self._store.account_head(self.account))
+                if head.lost_after(before):
+                    self.log.info("session_lagged", cursor=str(before))
+                    self.stop(CloseCode.LAGGED)
+                    return False
         except (RedisError, OSError) as error:
             self._read_failed(error)
             return False
         self._failing_since = None
         self._read_backoff.reset()
-        sent = 0
+        written = 0
         try:
             async with asyncio.timeout(self._settings.send_timeout):
                 for entry_id, fields in entries:
-                    await self._send(Event.from_entry(entry_id, fields).to_frame())
-                    sent += 1
+                    frame = Event.from_entry(entry_id, fields).to_frame()
+                    # aiohttp hands the whole frame to the transport before it waits for the
+                    # buffer to drain: a send cut short by the timeout still delivers it.
+                    written += 1
+                    await self._send(frame)
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
         finally:
-            if sent:
-                self.cursor = StreamId.parse(entries[sent - 1][0])
+            if written:
+                self.cursor = StreamId.parse(entries[written - 1][0])
         return full and self._stop is None
 
     def _read_failed(self, error: Exception) -> None:
@@ -181,7 +193,7 @@ class Session:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await ws.close(code=code, message=str(self.cursor).encode())
-        except (TimeoutError, ConnectionResetError, RuntimeError):
+        except (TimeoutError, ConnectionResetError):
             # A client that reads nothing cannot even take the close frame.
             transport = self._request.transport if self._request else None
             if transport is not None:

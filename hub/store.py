@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from hub import keys
-from hub.cursor import StreamState
+from hub.cursor import StreamHead, StreamState
 from hub.errors import EmailTaken
 from hub.events import JSON, Event, encode_payload
 from hub.ids import ZERO, StreamId
@@ -76,7 +76,7 @@ class Store:
         self._retention = retention
         self._index_retention = index_retention
         self._publish = redis.register_script(PUBLISH_SCRIPT)
-        self._open = redis.register_script(_script("open.lua"))
+        self._head = redis.register_script(_script("head.lua"))
         self._release = redis.register_script(_script("release.lua"))
 
     async def ping(self) -> None:
@@ -97,23 +97,31 @@ class Store:
         return cast(bytes, event_id).decode("ascii")
 
     async def stream_state(self, account: str) -> StreamState:
-        epoch, last, first, removed = await self._open(
-            keys=[keys.account_log(account), keys.account_epoch(account)]
-        )
-        return StreamState(
-            epoch=epoch.decode("ascii"),
+        """The account's epoch (created if missing) and stream head, read atomically."""
+        head, epoch = await self._read_head(keys.account_log(account), keys.account_epoch(account))
+        return StreamState(epoch=epoch, head=head)
+
+    async def account_head(self, account: str) -> StreamHead:
+        head, _ = await self._read_head(keys.account_log(account))
+        return head
+
+    async def index_head(self) -> StreamHead:
+        head, _ = await self._read_head(keys.INDEX)
+        return head
+
+    async def _read_head(self, *stream_keys: str) -> tuple[StreamHead, str]:
+        last, first, removed, epoch = await self._head(keys=list(stream_keys))
+        head = StreamHead(
             last_generated=StreamId.parse(last),
             first_retained=StreamId.parse(first) if first else None,
             trimmed=int(removed) > 0,
         )
+        return head, epoch.decode("ascii")
 
     async def read_after(self, account: str, cursor: StreamId, count: int) -> list[Entry]:
         """At most `count` entries after `cursor`, without blocking."""
         reply = await self.redis.xread({keys.account_log(account): str(cursor)}, count=count)
         return _entries(reply)
-
-    async def first_retained(self, account: str) -> StreamId | None:
-        return await self._first(keys.account_log(account))
 
     async def history(self, account: str, after: StreamId, limit: int) -> list[Event]:
         entries = _listed(
@@ -147,10 +155,3 @@ class Store:
         """Index entries after `after`; `block_ms=None` answers at once."""
         reply = await self.redis.xread({keys.INDEX: str(after)}, count=count, block=block_ms)
         return _entries(reply)
-
-    async def index_first(self) -> StreamId | None:
-        return await self._first(keys.INDEX)
-
-    async def _first(self, key: str) -> StreamId | None:
-        entries = _listed(await self.redis.xrange(key, min="-", max="+", count=1))
-        return StreamId.parse(entries[0][0]) if entries else None

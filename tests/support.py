@@ -186,3 +186,22 @@ class Monitor:
                 names = command[streams + 1 :]
                 keys += [name for name in names[: len(names) // 2] if name.startswith(prefix)]
         return keys
+
+
+def publish_many(
+    redis_client: redis.Redis, account: str, payloads: list[Any], retention: int = 10_000
+) -> list[str]:
+    """Publish through the hub's own script in one pipeline: stored, indexed, notified."""
+    from hub import keys
+    from hub.store import PUBLISH_SCRIPT
+
+    script = redis_client.register_script(PUBLISH_SCRIPT)
+    pipe = redis_client.pipeline(transaction=False)
+    log, epoch = keys.account_log(account), keys.account_epoch(account)
+    for payload in payloads:
+        script(
+            keys=[log, keys.INDEX, epoch],
+            args=[account, "Bulk", orjson.dumps(payload), retention, 100_000],
+            client=pipe,
+        )
+    return [entry_id.decode() for entry_id in pipe.execute()]

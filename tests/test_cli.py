@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from hub.auth import verify
-from tests.support import SECRET, free_port
+from tests.support import SECRET, free_port, token
 
 
 def hub_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -199,7 +199,8 @@ def test_embedded_redis_is_restarted_if_it_dies(
     def published() -> bool:
         try:
             hub.request("/accounts/1/events", {"type": "T", "payload": 2})
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError as error:
+            error.close()
             return False
         return True
 
@@ -207,3 +208,30 @@ def test_embedded_redis_is_restarted_if_it_dies(
     wait_for(hub.ready)
     ids = [e["id"] for e in hub.request("/accounts/1/events")["events"]]
     assert ids[0] == before["id"]  # in the AOF before the reply: a killed Redis keeps it
+
+
+def test_tokens_never_reach_the_logs(
+    tmp_path: Path, base_env: dict[str, str], hubs: list[HubProcess]
+) -> None:
+    env = {**base_env, "HUB_SECRET": SECRET, "HUB_PORT": str(free_port())}
+    hub = HubProcess(env, tmp_path)
+    hubs.append(hub)
+    good = token("1")
+    bad = good[:-4] + "AAAA"
+    assert "events" in hub.request(f"/accounts/1/events?token={good}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        hub.request(f"/accounts/1/events?token={bad}")
+    assert refused.value.code == 401
+    refused.value.close()
+    request = urllib.request.Request(hub.url("/accounts/1/events"))
+    request.add_header("Authorization", f"Bearer {good}")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+    hub.process.send_signal(signal.SIGTERM)
+    hub.process.wait(timeout=30)
+    log = hub.log.read_text()
+    assert "/accounts/1/events" in log  # the access log is on
+    assert good not in log
+    assert bad not in log
+    assert good.split(".")[2] not in log  # not even the signature

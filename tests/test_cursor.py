@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.cursor import From, StreamState, parse_last_id, resolve_start
+from hub.cursor import From, StreamHead, StreamState, parse_last_id, resolve_start
 from hub.errors import BadRequest
 from hub.ids import ZERO, StreamId, normalize_email, trimmed_past, validate_account_id
 
@@ -71,13 +71,24 @@ def test_parse_last_id() -> None:
         parse_last_id("latest")
 
 
-def state(last: str, first: str | None, trimmed: bool = False, epoch: str = "e1") -> StreamState:
-    return StreamState(
-        epoch=epoch,
+def head(last: str, first: str | None, trimmed: bool = False) -> StreamHead:
+    return StreamHead(
         last_generated=StreamId.parse(last),
         first_retained=StreamId.parse(first) if first else None,
         trimmed=trimmed,
     )
+
+
+def state(last: str, first: str | None, trimmed: bool = False, epoch: str = "e1") -> StreamState:
+    return StreamState(epoch=epoch, head=head(last, first, trimmed))
+
+
+def test_an_untrimmed_stream_never_lost_anything() -> None:
+    assert not head("9-0", "5-0", trimmed=False).lost_after(ZERO)
+    assert head("9-0", "5-0", trimmed=True).lost_after(ZERO)
+    assert not head("9-0", "5-0", trimmed=True).lost_after(StreamId(5, 0).prev())
+    assert head("9-0", None, trimmed=True).lost_after(StreamId(8, 0))
+    assert not head("9-0", None, trimmed=True).lost_after(StreamId(9, 0))
 
 
 def test_now_resolves_to_the_last_generated_id() -> None:
