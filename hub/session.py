@@ -78,9 +78,10 @@ class Session:
         """Serve an opened socket until either side closes it."""
         self._request, self._ws = request, ws
         self.cursor = start.cursor
-        await ws.send_frame(
-            protocol.welcome(self.account, start.reported, epoch, start.recovered), WSMsgType.TEXT
-        )
+        try:
+            await self._send(protocol.welcome(self.account, start.reported, epoch, start.recovered))
+        except ConnectionResetError:
+            return  # gone right after the handshake
         expiry = self._schedule_expiry()
         delivery = asyncio.create_task(self._deliver(), name=f"deliver:{self.account}")
         try:

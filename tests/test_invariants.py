@@ -7,10 +7,19 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from hub.config import Settings
 from hub.state import REGISTRY, SESSIONS, STORE
-from tests.support import Monitor, RedisServer, bearer, receive_events, receive_json, wait_until
+from tests.support import (
+    Monitor,
+    RedisServer,
+    bearer,
+    receive_events,
+    receive_json,
+    receive_text,
+    wait_until,
+)
 from tests.test_ws import connect, publish
 
 Client = Any
@@ -170,3 +179,45 @@ async def test_notifier_recovers_when_redis_restarts_under_the_hub(
     again = await publish(client, "1", "later")
     assert [e["id"] for e in await receive_events(ws, 1)] == [again]
     assert time.monotonic() - started < 10
+
+
+async def test_hub_processes_are_interchangeable(make_client: Any, settings: Settings) -> None:
+    first, second = await make_client(settings), await make_client(settings)
+    on_first = await connect(first, "1")
+    on_second = await connect(second, "1")
+    published = [await publish(second, "1", n) for n in range(3)]
+    published.append(await publish(first, "1", 3))
+    for ws in (on_first, on_second):
+        assert [e["id"] for e in await receive_events(ws, 4)] == published
+
+    # A client of the first process resumes on the second from its last ID.
+    await on_first.close()
+    later = await publish(first, "1", "later")
+    resumed = await connect(second, "1", f"?last_id={published[-1]}")
+    assert resumed.welcome["recovered"] is True
+    assert [e["id"] for e in await receive_events(resumed, 1)] == [later]
+
+
+async def test_a_socket_survives_redis_being_down(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url)
+    ws = await connect(client, "1", publish=["1"])
+    own_redis.stop()
+
+    await ws.send_json({"op": "publish", "to": "1", "type": "T", "ref": "down"})
+    error = await receive_json(ws)
+    assert (error["op"], error["code"], error["ref"]) == ("error", "unavailable", "down")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws/2", headers=bearer("2"))
+    assert refused.value.status == 503
+
+    own_redis.start()
+    await ws.send_str("ping")
+    assert await receive_text(ws) == "pong"
+    await ws.send_json({"op": "publish", "to": "1", "type": "T", "ref": "up"})
+    # The ack and the event itself may come in either order.
+    frames = [await receive_json(ws), await receive_json(ws)]
+    [ack] = [frame for frame in frames if "op" in frame]
+    [event] = [frame for frame in frames if "op" not in frame]
+    assert (ack["op"], ack["ref"], ack["id"]) == ("ack", "up", event["id"])
