@@ -1,9 +1,10 @@
-"""Small asyncio helpers."""
+"""Small helpers for the I/O shell: awaiting Redis safely, backing off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -43,3 +44,18 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
 def _consume_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a success."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self._base, self._cap, self._attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self._cap, self._base * 2**self._attempt)
+        self._attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0

@@ -12,9 +12,7 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
@@ -23,6 +21,7 @@ from hub.errors import BadRequest, Forbidden, RequestError, Unauthorized
 from hub.events import JSON, MAX_TYPE_LENGTH, is_valid_type
 from hub.ids import ZERO, StreamId, normalize_email, validate_account_id
 from hub.state import NOTIFIER, SETTINGS, STORE
+from hub.store import UNAVAILABLE
 
 DEFAULT_HISTORY_LIMIT = 100
 READY_TIMEOUT = 2.0
@@ -53,7 +52,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
     except RequestError as error:
         return error_response(error.status, error.code, error.message)
-    except (RedisConnectionError, RedisTimeoutError) as error:
+    except UNAVAILABLE as error:
         log.warning("redis_unavailable", path=request.path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
     except RedisError:

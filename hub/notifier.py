@@ -8,13 +8,13 @@ during the gap can only be learned from the accounts' own streams. `/readyz` ref
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Iterable
 
 import structlog
 from redis.exceptions import RedisError
 
+from hub.aio import Backoff
 from hub.ids import StreamId, is_valid_account_id
 from hub.registry import Registry
 from hub.store import Entry, Store
@@ -32,21 +32,6 @@ def accounts_of(entries: Iterable[Entry]) -> set[str]:
             if is_valid_account_id(account):
                 accounts.add(account)
     return accounts
-
-
-class Backoff:
-    """Exponential backoff with full jitter, reset after a success."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self._base, self._cap, self._attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        delay = min(self._cap, self._base * 2**self._attempt)
-        self._attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class Notifier:

@@ -18,16 +18,15 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from hub import protocol
-from hub.aio import uncancellable
+from hub.aio import Backoff, uncancellable
 from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
 from hub.events import Event
 from hub.ids import StreamId
-from hub.notifier import Backoff
 from hub.protocol import CloseCode, Invalid, Ping, Publish
 from hub.registry import Signal
-from hub.store import Store
+from hub.store import UNAVAILABLE, Store
 
 MAX_QUEUED_REPLIES = 64
 READ_FAILURE_LIMIT = 30.0  # seconds of failed reads before closing with 1013
@@ -112,8 +111,8 @@ class Session:
                 if read_now:
                     self.signal.take()  # before reading: a wake from here on is kept
                     read_now = await self._read_and_send()
-                if self._replies:
-                    await self._send_replies()
+                if self._replies and self._stop is None:
+                    await self._send_replies()  # between batches: a backlog never starves them
                 if read_now or self._stop is not None:
                     continue
                 if not self.signal.pending and not self._replies:
@@ -177,10 +176,14 @@ class Session:
         asyncio.get_running_loop().call_later(self._read_backoff.next_delay(), self.signal.wake)
 
     async def _send_replies(self) -> None:
-        async with asyncio.timeout(self._settings.send_timeout):
-            while self._replies:
-                await self._send(self._replies.popleft())
-                self._room.set()
+        try:
+            async with asyncio.timeout(self._settings.send_timeout):
+                while self._replies:
+                    await self._send(self._replies.popleft())
+                    self._room.set()
+        except TimeoutError:
+            self.log.info("session_slow_consumer")
+            self.stop(CloseCode.SLOW_CONSUMER)
 
     async def _send(self, frame: bytes) -> None:
         assert self._ws is not None
@@ -235,11 +238,15 @@ class Session:
             event_id = await uncancellable(
                 self._store.publish(message.to, message.type, message.payload)
             )
-        except (RedisError, OSError):
-            self.log.warning("publish_failed", to=message.to, exc_info=True)
+        except UNAVAILABLE as error:
+            self.log.warning("publish_failed", to=message.to, error=str(error))
             await self._reply(
                 protocol.error(message.ref, "unavailable", "Redis is unavailable; retry later")
             )
+            return
+        except RedisError:
+            self.log.exception("publish_failed", to=message.to)
+            await self._reply(protocol.error(message.ref, "internal", "the event was not stored"))
             return
         if message.acknowledge:
             await self._reply(protocol.ack(message.ref, event_id))

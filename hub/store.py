@@ -9,6 +9,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import keys
 from hub.cursor import StreamHead, StreamState
@@ -20,6 +22,8 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 """A raw stream entry as redis-py returns it: (ID, fields)."""
 
 ACCOUNT_CREATED = "AccountCreated"
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+"""Errors meaning Redis did not answer (retry later), as opposed to a command that failed."""
 log = structlog.get_logger(__name__)
 
 
