@@ -45,7 +45,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=10)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -66,6 +66,7 @@ class RedisServer:
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline or self.process.poll() is not None:
+                self.kill()
                 raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
             time.sleep(0.02)
 
