@@ -42,7 +42,8 @@ def socket_url(data_dir: Path) -> str:
     return f"unix://{socket_path(data_dir)}"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """`preexec_fn` for children that must not outlive this process (Linux; else a no-op)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -101,7 +102,7 @@ class EmbeddedRedis:
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         await self._wait_ready()
         log.info("embedded_redis_started", pid=self._process.pid, dir=str(self.data_dir))

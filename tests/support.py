@@ -18,6 +18,7 @@ import redis
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from hub.auth import mint
+from hub.embedded import die_with_parent
 
 SECRET = "test-secret-that-is-at-least-32-characters-long"
 REDIS_BINARY = shutil.which("redis-server")
@@ -57,7 +58,12 @@ class RedisServer:
             "--maxclients", "10000", "--logfile", str(self.directory / "redis.log"),
         ]
         # fmt: on
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        # Dies with the test run, even a killed one (the fork happens on the main thread).
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
