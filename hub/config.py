@@ -46,6 +46,7 @@ class Settings:
     index_batch: int = 1_000  # entries per notifier read
     read_batch: int = 100  # entries per session read (bounded memory per socket)
     send_timeout: float = 20.0  # a client stuck longer is closed with 4008
+    read_failure_limit: float = 30.0  # a session unable to read for longer closes with 1013
     heartbeat: float = 25.0  # below the 60 s idle timeout of common proxies
     redis_pool_size: int = 64
     shutdown_grace: float = 5.0

@@ -29,7 +29,6 @@ from hub.registry import Signal
 from hub.store import UNAVAILABLE, Store
 
 MAX_QUEUED_REPLIES = 64
-READ_FAILURE_LIMIT = 30.0  # seconds of failed reads before closing with 1013
 CLOSE_TIMEOUT = 5.0
 
 log = structlog.get_logger(__name__)
@@ -168,7 +167,7 @@ class Session:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-        if now - self._failing_since > READ_FAILURE_LIMIT:
+        if now - self._failing_since > self._settings.read_failure_limit:
             self.log.warning("session_redis_unavailable", error=str(error))
             self.stop(CloseCode.TRY_AGAIN_LATER)
             return

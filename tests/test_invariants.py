@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from hub.config import Settings
+from hub.protocol import CloseCode
 from hub.state import REGISTRY, SESSIONS, STORE
 from tests.support import (
     Monitor,
@@ -221,3 +222,18 @@ async def test_a_socket_survives_redis_being_down(
     [ack] = [frame for frame in frames if "op" in frame]
     [event] = [frame for frame in frames if "op" not in frame]
     assert (ack["op"], ack["ref"], ack["id"]) == ("ack", "up", event["id"])
+
+
+async def test_a_session_that_cannot_read_for_too_long_closes_with_1013(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url, read_failure_limit=0.5)
+    ws = await connect(client, "1")
+    last = await publish(client, "1", "x")
+    await receive_events(ws, 1)
+    own_redis.stop()
+    client.app[REGISTRY].wake_all()  # what the notifier does whenever in doubt
+
+    message = await ws.receive(timeout=10)
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert (message.data, message.extra) == (CloseCode.TRY_AGAIN_LATER, last)
