@@ -1,0 +1,187 @@
+"""A load-generating worker process: many WebSocket clients on one event loop.
+
+Each client records, for every event it receives, the per-account sequence number and the
+publish timestamp carried in the payload, so the parent can count lost, duplicated and
+reordered events and compute publish→receive latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+RESERVOIR = 100_000  # latency samples kept per worker
+BUCKET_NS = 100_000_000  # throughput-over-time resolution: 100 ms
+
+# Shared counters, one row per worker: connected, failed, received, cpu seconds.
+CONNECTED, FAILED, RECEIVED, CPU = range(4)
+COUNTERS = 4
+
+
+@dataclass
+class Plan:
+    index: int
+    base_url: str  # ws://127.0.0.1:8080
+    accounts: list[str]  # one per socket
+    tokens: dict[str, str]  # account → token (empty: no auth)
+    query: str  # e.g. "?last_id=$"
+    concurrency: int
+    ramp: float
+    seed: int
+    path: str = "/ws/{account}"
+
+
+@dataclass
+class Track:
+    """What one socket received."""
+
+    account: str
+    seen: bytearray = field(default_factory=bytearray)
+    received: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    last: int = 0
+
+    def record(self, seq: int) -> None:
+        self.received += 1
+        if seq >= len(self.seen):
+            self.seen.extend(b"\0" * (seq + 1024 - len(self.seen)))
+        if self.seen[seq]:
+            self.duplicates += 1
+            return
+        self.seen[seq] = 1
+        if seq < self.last:
+            self.reordered += 1
+        self.last = max(self.last, seq)
+
+
+class Worker:
+    def __init__(self, plan: Plan, counters: Any, stop: Any) -> None:
+        self.plan = plan
+        self.row = plan.index * COUNTERS
+        self.counters = counters
+        self.stop = stop
+        self.random = random.Random(plan.seed)
+        self.tracks = [Track(account) for account in plan.accounts]
+        self.connect_times: list[float] = []
+        self.errors: list[str] = []
+        self.samples: list[int] = []
+        self.latency_count = 0
+        self.latency_max = 0
+        self.buckets: dict[int, int] = {}
+        self.received = 0
+
+    def _latency(self, ns: int, now: int) -> None:
+        self.latency_count += 1
+        self.latency_max = max(self.latency_max, ns)
+        if len(self.samples) < RESERVOIR:
+            self.samples.append(ns)
+        else:
+            slot = self.random.randrange(self.latency_count)
+            if slot < RESERVOIR:
+                self.samples[slot] = ns
+        bucket = now // BUCKET_NS
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
+
+    def _on_text(self, track: Track, text: str) -> None:
+        data = orjson.loads(text)
+        events = data if isinstance(data, list) else [data]
+        now = time.time_ns()
+        for event in events:
+            if "op" in event:
+                continue
+            payload = event["payload"]
+            track.record(payload["seq"])
+            self._latency(now - payload["ts"], now)
+            self.received += 1
+
+    async def _client(
+        self, session: aiohttp.ClientSession, track: Track, gate: asyncio.Semaphore
+    ) -> None:
+        await asyncio.sleep(self.random.uniform(0, self.plan.ramp))
+        url = self.plan.base_url + self.plan.path.format(account=track.account) + self.plan.query
+        token = self.plan.tokens.get(track.account)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with gate:
+            started = time.perf_counter()
+            try:
+                ws = await session.ws_connect(
+                    url,
+                    headers=headers,
+                    max_msg_size=0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2),
+                )
+                welcome = await ws.receive(timeout=30)
+                if welcome.type is not aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"no welcome: {welcome.type.name}")
+                self._on_text(track, welcome.data)
+            except Exception as error:
+                self.counters[self.row + FAILED] += 1
+                if len(self.errors) < 20:
+                    self.errors.append(f"{type(error).__name__}: {error}")
+                return
+            self.connect_times.append(time.perf_counter() - started)
+            self.counters[self.row + CONNECTED] += 1
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._on_text(track, message.data)
+
+    async def _report(self) -> None:
+        while True:
+            self.counters[self.row + RECEIVED] = self.received
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            self.counters[self.row + CPU] = usage.ru_utime + usage.ru_stime
+            await asyncio.sleep(0.2)
+
+    async def run(self) -> dict[str, Any]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        gate = asyncio.Semaphore(self.plan.concurrency)
+        reporter = asyncio.create_task(self._report())
+        async with aiohttp.ClientSession(connector=connector) as session:
+            clients = [asyncio.create_task(self._client(session, t, gate)) for t in self.tracks]
+            await asyncio.get_running_loop().run_in_executor(None, self.stop.wait)
+            for client in clients:
+                client.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*clients, return_exceptions=True)
+        reporter.cancel()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "index": self.plan.index,
+            "connect_times": self.connect_times,
+            "errors": self.errors,
+            "sockets": [
+                {
+                    "account": t.account,
+                    "received": t.received,
+                    "distinct": sum(t.seen),
+                    "duplicates": t.duplicates,
+                    "reordered": t.reordered,
+                }
+                for t in self.tracks
+            ],
+            "samples": self.samples,
+            "latency_count": self.latency_count,
+            "latency_max": self.latency_max,
+            "buckets": self.buckets,
+            "cpu": usage.ru_utime + usage.ru_stime,
+        }
+
+
+def worker_main(plan: Plan, counters: Any, stop: Any, results: Any) -> None:
+    """Entry point of a worker process."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    results.put(runner(Worker(plan, counters, stop).run()))
