@@ -37,11 +37,11 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await asyncio.shield(task)
     except TimeoutError:
-        task.add_done_callback(_consume_result)
+        task.add_done_callback(consume_result)
         raise
 
 
-def _consume_result(task: asyncio.Future[Any]) -> None:
+def consume_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 

@@ -16,9 +16,10 @@ from hub.http import errors_as_json
 from hub.http import routes as http_routes
 from hub.notifier import Notifier
 from hub.protocol import CloseCode
+from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
-from hub.state import NOTIFIER, REDIS_URL, REGISTRY, SESSIONS, SETTINGS, STORE
+from hub.state import NOTIFIER, READER, REDIS_URL, REGISTRY, SESSIONS, SETTINGS, STORE
 from hub.store import Store, connect
 from hub.ws import routes as ws_routes
 
@@ -78,6 +79,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     except (RedisError, OSError) as error:
         log.warning("redis_unavailable_at_start", error=str(error))
     app[STORE], app[NOTIFIER] = store, notifier
+    app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch)
     task = asyncio.create_task(notifier.run(), name="notifier")
     if settings.auth is AuthMode.OFF:
         log.warning("auth_off", detail="HUB_AUTH=off: any client may open any account's socket")
@@ -86,6 +88,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await reader.close()
     await blocking.aclose(close_connection_pool=True)
     await pool.aclose(close_connection_pool=True)
 

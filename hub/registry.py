@@ -40,12 +40,28 @@ class Signal:
 
 
 class Registry:
-    """account → the signals of the sessions listening to it."""
+    """account → the signals of the sessions listening to it.
 
-    __slots__ = ("_listeners",)
+    It also keeps a logical clock: `wake` stamps each account with the time of its last wake,
+    and `tick` gives readers a time for the moment they start a read. A read started after an
+    account's last wake has seen everything that wake announced, so sessions may share it.
+    """
+
+    __slots__ = ("_listeners", "_now", "_woken_at")
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Signal]] = {}
+        self._woken_at: dict[str, int] = {}
+        self._now = 0
+
+    def tick(self) -> int:
+        """Advance the clock and return the new time (the start of a read)."""
+        self._now += 1
+        return self._now
+
+    def woken_at(self, account: str) -> int:
+        """When the account was last woken (0: never while it had listeners)."""
+        return self._woken_at.get(account, 0)
 
     def register(self, account: str, signal: Signal) -> None:
         self._listeners.setdefault(account, set()).add(signal)
@@ -58,14 +74,20 @@ class Registry:
         signals.discard(signal)
         if not signals:
             del self._listeners[account]
+            self._woken_at.pop(account, None)
 
     def wake(self, accounts: Iterable[str]) -> int:
         """Wake every session of `accounts`; return how many signals were set."""
+        now = self.tick()
         woken = 0
         for account in accounts:
-            for signal in self._listeners.get(account, ()):
+            signals = self._listeners.get(account)
+            if signals is None:
+                continue
+            self._woken_at[account] = now
+            for signal in signals:
                 signal.wake()
-                woken += 1
+            woken += len(signals)
         return woken
 
     def wake_all(self) -> int:

@@ -1,7 +1,8 @@
 """One WebSocket's life: deliver its account's events in order, answer its messages.
 
 Two tasks per socket. The delivery task owns every write: it takes the wake signal, reads at
-most a batch after its cursor, sends with backpressure, then waits for the next wake. The
+most a batch after its cursor (through the shared `Reader`), sends with backpressure, then
+waits for the next wake. The
 receive task parses incoming messages and queues replies for the delivery task. A backlog
 waits in Redis, never in memory; a client that stops reading for `send_timeout` is closed
 with 4008 and resumes from the ID in the close reason.
@@ -22,9 +23,9 @@ from hub.aio import Backoff, uncancellable
 from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
-from hub.events import Event
 from hub.ids import StreamId
 from hub.protocol import CloseCode, Invalid, Ping, Publish
+from hub.reads import Reader
 from hub.registry import Signal
 from hub.store import UNAVAILABLE, Store
 
@@ -38,14 +39,23 @@ class Session:
     """The state of one socket: an account, a cursor, a signal, a reply queue."""
 
     def __init__(
-        self, account: str, claims: Claims, store: Store, settings: Settings, conn: str
+        self,
+        account: str,
+        claims: Claims,
+        *,
+        store: Store,
+        reader: Reader,
+        settings: Settings,
+        conn: str,
+        batched: bool = False,
     ) -> None:
         self.account = account
         self.claims = claims
+        self.batched = batched  # several events per frame, as a JSON array (opt-in)
         self.cursor = StreamId(0, 0)
         self._store = store
+        self._reader = reader
         self._settings = settings
-        self._batch = settings.session_batch
         self._wakeup = asyncio.Event()
         self.signal = Signal(self._wakeup.set)
         self._replies: deque[bytes] = deque()
@@ -129,28 +139,23 @@ class Session:
 
     async def _read_and_send(self) -> bool:
         """Read one batch after the cursor and send it; return whether more may be waiting."""
-        before = self.cursor
         try:
-            entries = await uncancellable(self._store.read_after(self.account, before, self._batch))
-            full = len(entries) >= self._batch
-            # Only a full batch can hide a gap (see `StreamHead.lost_after`): check before
-            # sending, so that nothing after a gap reaches a client that must resync.
-            if full:
-                head = await uncancellable(self._store.account_head(self.account))
-                if head.lost_after(before):
-                    self.log.info("session_lagged", cursor=str(before))
-                    self.stop(CloseCode.LAGGED)
-                    return False
+            batch = await self._reader.read(self.account, self.cursor)
         except (RedisError, OSError) as error:
             self._read_failed(error)
             return False
         self._failing_since = None
         self._read_backoff.reset()
+        if batch.lost:
+            # Checked before sending: nothing after a gap reaches a client that must resync.
+            self.log.info("session_lagged", cursor=str(self.cursor))
+            self.stop(CloseCode.LAGGED)
+            return False
+        frames = [batch.joined()] if self.batched and batch.frames else batch.frames
         written = 0
         try:
             async with asyncio.timeout(self._settings.send_timeout):
-                for entry_id, fields in entries:
-                    frame = Event.from_entry(entry_id, fields).to_frame()
+                for frame in frames:
                     # aiohttp hands the whole frame to the transport before it waits for the
                     # buffer to drain: a send cut short by the timeout still delivers it.
                     written += 1
@@ -160,8 +165,9 @@ class Session:
             self.stop(CloseCode.SLOW_CONSUMER)
         finally:
             if written:
-                self.cursor = StreamId.parse(entries[written - 1][0])
-        return full and self._stop is None
+                events = len(batch.ids) if frames is not batch.frames else written
+                self.cursor = batch.position_after(events)
+        return batch.full and self._stop is None
 
     def _read_failed(self, error: Exception) -> None:
         now = time.monotonic()

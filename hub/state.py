@@ -6,6 +6,7 @@ from aiohttp import web
 
 from hub.config import Settings
 from hub.notifier import Notifier
+from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
 from hub.store import Store
@@ -16,3 +17,4 @@ SESSIONS = web.AppKey[set[Session]]("sessions")
 REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
 NOTIFIER = web.AppKey("notifier", Notifier)
+READER = web.AppKey("reader", Reader)

@@ -22,6 +22,7 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 """A raw stream entry as redis-py returns it: (ID, fields)."""
 
 ACCOUNT_CREATED = "AccountCreated"
+MAX_STREAMS_PER_READ = 256
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 """Errors meaning Redis did not answer (retry later), as opposed to a command that failed."""
 log = structlog.get_logger(__name__)
@@ -65,6 +66,17 @@ def _listed(reply: Any) -> list[Entry]:
     return cast(list[Entry], reply or [])
 
 
+def _head(reply: Any) -> tuple[StreamHead, str]:
+    """head.lua's reply: the stream's head and the epoch ('' when not asked for)."""
+    last, first, removed, epoch = reply
+    head = StreamHead(
+        last_generated=StreamId.parse(last),
+        first_retained=StreamId.parse(first) if first else None,
+        trimmed=int(removed) > 0,
+    )
+    return head, epoch.decode("ascii")
+
+
 def _entries(reply: Any) -> list[Entry]:
     """The entries of a one-stream XREAD reply (None or [] when there are none)."""
     if not reply:
@@ -105,27 +117,47 @@ class Store:
         head, epoch = await self._read_head(keys.account_log(account), keys.account_epoch(account))
         return StreamState(epoch=epoch, head=head)
 
-    async def account_head(self, account: str) -> StreamHead:
-        head, _ = await self._read_head(keys.account_log(account))
-        return head
+    async def account_heads(self, accounts: list[str]) -> dict[str, StreamHead]:
+        """The heads of several accounts' streams, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for account in accounts:
+            await self._head(keys=[keys.account_log(account)], client=pipe)
+        replies = await pipe.execute()
+        return {account: _head(reply)[0] for account, reply in zip(accounts, replies, strict=True)}
 
     async def index_head(self) -> StreamHead:
         head, _ = await self._read_head(keys.INDEX)
         return head
 
     async def _read_head(self, *stream_keys: str) -> tuple[StreamHead, str]:
-        last, first, removed, epoch = await self._head(keys=list(stream_keys))
-        head = StreamHead(
-            last_generated=StreamId.parse(last),
-            first_retained=StreamId.parse(first) if first else None,
-            trimmed=int(removed) > 0,
-        )
-        return head, epoch.decode("ascii")
+        return _head(await self._head(keys=list(stream_keys)))
 
-    async def read_after(self, account: str, cursor: StreamId, count: int) -> list[Entry]:
-        """At most `count` entries after `cursor`, without blocking."""
-        reply = await self.redis.xread({keys.account_log(account): str(cursor)}, count=count)
-        return _entries(reply)
+    async def read_many(
+        self, positions: list[tuple[str, StreamId]], count: int
+    ) -> dict[tuple[str, StreamId], list[Entry]]:
+        """At most `count` entries after each (account, cursor), in one round trip.
+
+        Positions of distinct accounts share an XREAD (COUNT applies per stream); an account
+        read at several cursors takes one XREAD per cursor, all in one pipeline.
+        """
+        rounds: list[dict[str, StreamId]] = []
+        for account, cursor in positions:
+            for streams in rounds:
+                if account not in streams and len(streams) < MAX_STREAMS_PER_READ:
+                    streams[account] = cursor
+                    break
+            else:
+                rounds.append({account: cursor})
+        pipe = self.redis.pipeline(transaction=False)
+        for streams in rounds:
+            pipe.xread({keys.account_log(a): str(c) for a, c in streams.items()}, count=count)
+        replies = await pipe.execute()
+        found: dict[tuple[str, StreamId], list[Entry]] = {}
+        for streams, reply in zip(rounds, replies, strict=True):
+            by_key = dict(reply or [])
+            for account, cursor in streams.items():
+                found[(account, cursor)] = by_key.get(keys.account_log(account).encode(), [])
+        return found
 
     async def history(self, account: str, after: StreamId, limit: int) -> list[Event]:
         entries = _listed(

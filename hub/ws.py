@@ -13,7 +13,7 @@ from hub.cursor import parse_last_id, resolve_start
 from hub.errors import BadRequest, Unavailable
 from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin
 from hub.session import Session
-from hub.state import REGISTRY, SESSIONS, SETTINGS, STORE
+from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE
 
 routes = web.RouteTableDef()
 _connection_ids = itertools.count(1)
@@ -28,6 +28,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     require(claims.may_open(account), f"opening the socket of account {account}")
     requested = parse_last_id(request.query.get("last_id"))
     epoch = request.query.get("epoch") or None
+    batched = request.query.get("batch", "0")
+    if batched not in ("0", "1"):
+        raise BadRequest("'batch' must be 0 or 1", code="invalid_batch")
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         heartbeat=settings.heartbeat,
@@ -37,7 +40,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
 
-    session = Session(account, claims, request.app[STORE], settings, f"c{next(_connection_ids)}")
+    session = Session(
+        account,
+        claims,
+        store=request.app[STORE],
+        reader=request.app[READER],
+        settings=settings,
+        conn=f"c{next(_connection_ids)}",
+        batched=batched == "1",
+    )
     registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
     # Register first, then pin the position, then answer 101: an event published at any
     # instant from here on is either before the pinned position or wakes this session.

@@ -199,15 +199,21 @@ def publish_many(
     redis_client: redis.Redis, account: str, payloads: list[Any], retention: int = 10_000
 ) -> list[str]:
     """Publish through the hub's own script in one pipeline: stored, indexed, notified."""
+    return publish_pairs(redis_client, [(account, p) for p in payloads], retention)
+
+
+def publish_pairs(
+    redis_client: redis.Redis, events: list[tuple[str, Any]], retention: int = 10_000
+) -> list[str]:
+    """Publish (account, payload) pairs through the publish script in one pipeline."""
     from hub import keys
     from hub.store import PUBLISH_SCRIPT
 
     script = redis_client.register_script(PUBLISH_SCRIPT)
     pipe = redis_client.pipeline(transaction=False)
-    log, epoch = keys.account_log(account), keys.account_epoch(account)
-    for payload in payloads:
+    for account, payload in events:
         script(
-            keys=[log, keys.INDEX, epoch],
+            keys=[keys.account_log(account), keys.INDEX, keys.account_epoch(account)],
             args=[account, "Bulk", orjson.dumps(payload), retention, 100_000],
             client=pipe,
         )

@@ -11,11 +11,12 @@ import pytest
 
 from hub.config import Settings
 from hub.protocol import CloseCode
-from hub.state import REGISTRY, SESSIONS, STORE
+from hub.state import READER, REGISTRY, SESSIONS, STORE
 from tests.support import (
     Monitor,
     RedisServer,
     bearer,
+    publish_pairs,
     receive_events,
     receive_json,
     receive_text,
@@ -26,14 +27,20 @@ from tests.test_ws import connect, publish
 Client = Any
 
 
-async def test_only_the_sessions_of_the_account_read(
+async def test_only_the_sessions_of_the_account_read_and_they_share_one_read(
     client: Client, redis_server: RedisServer
 ) -> None:
     accounts = [f"acc{n}" for n in range(20)]
+    reader = client.app[READER]
     async with Monitor(redis_server.port) as monitor:
         sockets = {a: [await connect(client, a) for _ in range(3)] for a in accounts}
         # Every session made its catch-up read: from here on, reads come only from wakes.
-        await wait_until(lambda: len(monitor.reads_of()) >= 60, what="60 catch-up reads")
+        await wait_until(
+            lambda: (
+                reader.idle and set(monitor.reads_of()) >= {f"account:{a}:log" for a in accounts}
+            ),
+            what="the catch-up reads",
+        )
         mark = len(monitor.commands)
 
         await publish(client, "acc7", "hello")
@@ -46,7 +53,28 @@ async def test_only_the_sessions_of_the_account_read(
             await receive_events(ws, 1)
 
         reads = Monitor.reads_of_commands(monitor.commands[mark:])
-    assert sorted(reads) == ["account:acc3:log"] * 3 + ["account:acc7:log"] * 3
+    # Three sockets per account, one XREAD per account: they were at the same position.
+    assert sorted(reads) == ["account:acc3:log", "account:acc7:log"]
+
+
+async def test_accounts_woken_together_are_read_in_one_command(
+    client: Client, redis_server: RedisServer
+) -> None:
+    accounts = [f"many{n}" for n in range(50)]
+    reader = client.app[READER]
+    sockets = {a: await connect(client, a) for a in accounts}
+    await wait_until(lambda: reader.idle, what="the catch-up reads")
+    before = redis_server.command_calls().get("xread", 0)
+
+    # One pipeline of 50 publishes: the notifier sees them in one batch and wakes 50 accounts.
+    ids = publish_pairs(redis_server.client(), [(a, "x") for a in accounts])
+    for account, event_id in zip(accounts, ids, strict=True):
+        [event] = await receive_events(sockets[account], 1)
+        assert event["id"] == event_id
+    await wait_until(lambda: reader.idle, what="the reads")
+    xreads = redis_server.command_calls()["xread"] - before
+    # The notifier's own XREADs (one or two) and a few multi-stream reads for 50 accounts.
+    assert xreads <= 4, xreads
 
 
 async def test_idle_sockets_cost_redis_nothing(

@@ -14,6 +14,7 @@ from tests.support import (
     RedisServer,
     bearer,
     expect_silence,
+    publish_many,
     receive_events,
     receive_json,
     receive_text,
@@ -292,3 +293,39 @@ async def test_heartbeat_pings_are_sent(make_client: Any, settings: Settings) ->
     await ws.pong(message.data)
     await ws.send_str("ping")
     assert await receive_text(ws) == "pong"
+
+
+async def test_batched_frames_carry_several_events_in_order(
+    client: Client, redis_server: RedisServer
+) -> None:
+    ids = publish_many(redis_server.client(), "1", list(range(250)))
+    ws = await connect(client, "1", "?batch=1")
+    received: list[str] = []
+    while len(received) < len(ids):
+        frame = await receive_json(ws)
+        assert isinstance(frame, list)
+        assert frame
+        received += [event["id"] for event in frame]
+    assert received == ids
+    later = await publish(client, "1", "one more")
+    assert [e["id"] for e in await receive_json(ws)] == [later]
+
+
+async def test_batch_must_be_0_or_1(client: Client) -> None:
+    assert await upgrade_status(client, "/ws/1?batch=yes", headers=bearer("1")) == (
+        400,
+        "invalid_batch",
+    )
+
+
+async def test_many_sockets_of_one_account_get_a_burst_once_and_in_order(
+    client: Client, redis_server: RedisServer
+) -> None:
+    sockets = [await connect(client, "1", "?last_id=$") for _ in range(30)]
+    redis = redis_server.client()
+    ids = []
+    for _ in range(5):  # bursts landing while earlier reads are in flight
+        ids += publish_many(redis, "1", list(range(120)))
+    for ws in sockets:
+        assert [e["id"] for e in await receive_events(ws, len(ids))] == ids
+        await expect_silence(ws, 0.01)
