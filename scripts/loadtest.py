@@ -308,6 +308,8 @@ class Run:
             summary["redis_commands"] = calls
             summary["redis_commands_per_s"] = sum(calls.values()) / max(m["elapsed"], 1e-9)
             summary["redis_commands_per_delivery"] = sum(calls.values()) / max(delivered, 1)
+            reads = sum(calls.get(name, 0) for name in ("xread", "xrange", "xrevrange"))
+            summary["read_commands_per_delivery"] = reads / max(delivered, 1)
             summary["redis_cpu_percent"] = (
                 100 * (m["redis_after"][1] - m["redis_before"][1]) / max(m["elapsed"], 1e-9)
             )
@@ -401,7 +403,8 @@ class Run:
                 (
                     "Redis under load",
                     f"{s['redis_commands_per_s']:.0f} commands/s, "
-                    f"{s['redis_commands_per_delivery']:.3f}/delivery, "
+                    f"{s['redis_commands_per_delivery']:.3f}/delivery "
+                    f"({s['read_commands_per_delivery']:.3f} stream reads), "
                     f"CPU {s['redis_cpu_percent']:.0f}% {top}",
                 )
             )

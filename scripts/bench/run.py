@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the hub against three baselines, same workloads, one invocation.
+
+    .venv/bin/python scripts/bench/run.py            # all workloads, ~10 minutes
+    .venv/bin/python scripts/bench/run.py --quick    # smaller and shorter
+
+Implementations: the hub; the seed tutorial's polling (XREAD every second per socket); one
+blocking XREAD per socket on its own connection; and the floor, a raw aiohttp fan-out with no
+Redis. Each runs alone on 127.0.0.1 against a fresh redis-server, under the same load from
+scripts/loadtest.py. Prints the hub's ratio to each baseline and writes results/bench.json,
+results/bench.md and results/bench.svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+
+import loadtest  # noqa: E402
+from loadlib import report  # noqa: E402
+
+IMPLEMENTATIONS = ("hub", "polling", "blocking", "floor")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    sockets: int
+    accounts: int
+    rate: float
+    events: int
+    idle: float = 0.0
+    note: str = ""
+
+
+def workloads(quick: bool) -> list[Workload]:
+    scale = 0.5 if quick else 1.0
+    n = int(1000 * scale)
+    return [
+        Workload(
+            "idle",
+            int(2000 * scale),
+            int(200 * scale),
+            1,
+            0,
+            idle=5.0,
+            note="no events: cost of holding sockets",
+        ),
+        Workload("one account", n, 1, 40, int(400 * scale), note=f"{n} sockets on one account"),
+        Workload(
+            "many accounts",
+            n,
+            n // 10,
+            2000,
+            int(10000 * scale),
+            note=f"{n} sockets over {n // 10} accounts, pushed hard",
+        ),
+        Workload(
+            "half load", n, n // 10, 500, int(5000 * scale), note="latency at a moderate rate"
+        ),
+        Workload(
+            "burst", n, n // 10, 1e6, int(5000 * scale), note="events published as fast as possible"
+        ),
+    ]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Redis:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "20000",
+                "--dir",
+                str(directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        import redis
+
+        self.client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.time() + 10
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.RedisError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def flush(self) -> None:
+        self.client.flushall()
+        self.client.config_resetstat()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    python = sys.executable
+    if implementation == "hub":
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "HUB_AUTH": "off",
+            "HUB_PORT": str(port),
+            "HUB_LOG_LEVEL": "warning",
+        }
+        env.pop("HUB_SECRET", None)
+        command = [python, "-m", "hub", "serve"]
+    else:
+        env = dict(os.environ)
+        command = [
+            python,
+            str(HERE / f"{implementation}.py"),
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+        ]
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=1)
+        except urllib.error.HTTPError:
+            return process  # answering (404)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        return process
+    process.kill()
+    raise RuntimeError(f"{implementation} did not start")
+
+
+def run_one(
+    implementation: str, workload: Workload, redis: Redis, procs: int, out: Path
+) -> dict[str, Any]:
+    redis.flush()
+    port = free_port()
+    server = start(implementation, port, redis.url)
+    try:
+        argv = [
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--sockets",
+            str(workload.sockets),
+            "--accounts",
+            str(workload.accounts),
+            "--rate",
+            str(workload.rate),
+            "--events",
+            str(workload.events),
+            "--idle",
+            str(workload.idle),
+            "--redis-url",
+            redis.url,
+            "--no-auth",
+            "--procs",
+            str(procs),
+            "--ramp",
+            "0.5",
+            "--hub-pid",
+            str(server.pid),
+            "--out",
+            str(out / f"{implementation}-{workload.name.replace(' ', '-')}"),
+            "--prefix",
+            "b",
+            "--publish-via",
+            "http" if implementation == "floor" else "redis",
+        ]
+        run = loadtest.Run(loadtest.parse_args(argv))
+        summary = run.run()
+        summary["latency_samples_ms"] = run._latency_all_ms[:5000]
+        return summary
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return "—"
+    return f"{a / b:.2f}x"
+
+
+METRICS = [
+    ("delivered/s", lambda s: s["delivered_per_s"], "higher is better"),
+    ("latency p50 ms", lambda s: s["latency_ms"]["p50"], "lower is better"),
+    ("latency p99 ms", lambda s: s["latency_ms"]["p99"], "lower is better"),
+    ("Redis cmds/s", lambda s: s.get("redis_commands_per_s"), "lower is better"),
+    ("Redis cmds/s idle", lambda s: s["idle"].get("redis_commands_per_s"), "lower is better"),
+    ("read cmds/delivery", lambda s: s.get("read_commands_per_delivery"), "lower is better"),
+    ("CPU µs/delivery", lambda s: s.get("hub_cpu_us_per_delivery"), "lower is better"),
+    ("RSS KB/socket", lambda s: s.get("rss_per_socket_kb"), "lower is better"),
+    ("lost+dup+reordered", lambda s: s["lost"] + s["duplicated"] + s["reordered"], "must be 0"),
+]
+
+
+def value(summary: dict[str, Any], metric: Any) -> float | None:
+    try:
+        result = metric(summary)
+    except (KeyError, TypeError):
+        return None
+    return None if result is None else float(result)
+
+
+def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
+    lines = [f"Machine: {machine}", ""]
+    for workload, by_impl in results.items():
+        lines.append(f"**{workload}**")
+        lines.append("")
+        lines.append(
+            "| metric | "
+            + " | ".join(by_impl)
+            + " | hub ÷ polling | hub ÷ blocking | hub ÷ floor |"
+        )
+        lines.append("|---|" + "---|" * (len(by_impl) + 3))
+        for name, metric, _ in METRICS:
+            cells = [value(s, metric) for s in by_impl.values()]
+            hub = value(by_impl.get("hub", {}), metric) if "hub" in by_impl else None
+            ratios = [
+                ratio(hub, value(by_impl[b], metric)) if b in by_impl else "—"
+                for b in ("polling", "blocking", "floor")
+            ]
+            lines.append(
+                f"| {name} | "
+                + " | ".join("—" if c is None else f"{c:,.2f}" for c in cells)
+                + " | "
+                + " | ".join(ratios)
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument("--workloads", nargs="*", help="names of workloads to run (default: all)")
+    parser.add_argument("--procs", type=int, default=1, help="load-generator client processes")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+    redis = Redis(out / "redis")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    try:
+        for workload in workloads(args.quick):
+            if args.workloads and workload.name not in args.workloads:
+                continue
+            results[workload.name] = {}
+            for implementation in args.only:
+                print(
+                    f"== {workload.name} ({workload.note}): {implementation}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                summary = run_one(implementation, workload, redis, args.procs, out)
+                results[workload.name][implementation] = summary
+                print(
+                    report.format_table(
+                        [(n, f"{value(summary, m)}") for n, m, _ in METRICS], implementation
+                    ),
+                    file=sys.stderr,
+                )
+    finally:
+        redis.stop()
+    table = markdown(results, machine)
+    print(table)
+    (out / "bench.md").write_text(table + "\n")
+    (out / "bench.json").write_text(
+        json.dumps({"machine": machine, "results": results}, indent=1, default=str)
+    )
+    charts = []
+    for workload, by_impl in results.items():
+        series = {
+            impl: s.get("latency_samples_ms", [])
+            for impl, s in by_impl.items()
+            if s.get("latency_samples_ms")
+        }
+        if series:
+            charts.append(
+                report.chart_latency_cdf(series).replace(
+                    "Publish → receive latency (CDF)", f"Latency CDF: {workload}"
+                )
+            )
+    (out / "bench.svg").write_text(charts[0] if charts else "")
+    (out / "bench.html").write_text(
+        report.html_report("hub benchmark", [("machine", machine)], charts)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
