@@ -19,6 +19,7 @@ from hub.registry import Registry
 from hub.store import Store
 
 Position = tuple[str, StreamId]  # (account, cursor)
+FRAME_HEADER = 10  # the most a server's WebSocket frame header takes
 
 
 @dataclass(slots=True)
@@ -27,6 +28,7 @@ class Batch:
 
     ids: list[bytes]
     frames: list[bytes]
+    size: int  # bytes on the wire, frame headers included
     full: bool  # COUNT reached: more may follow
     lost: bool  # events after the position were trimmed away unread
     _joined: bytes | None = field(default=None, repr=False)
@@ -93,10 +95,12 @@ class Reader:
                 entries = found[position]
                 account, cursor = position
                 head = heads.get(account)
+                frames = [Event.from_entry(i, f).to_frame() for i, f in entries]
                 future.set_result(
                     Batch(
                         ids=[entry_id for entry_id, _ in entries],
-                        frames=[Event.from_entry(i, f).to_frame() for i, f in entries],
+                        frames=frames,
+                        size=sum(len(frame) for frame in frames) + FRAME_HEADER * len(frames),
                         full=len(entries) >= self._count,
                         lost=head is not None and head.lost_after(cursor),
                     )

@@ -154,12 +154,17 @@ class Session:
         frames = [batch.joined()] if self.batched and batch.frames else batch.frames
         written = 0
         try:
-            async with asyncio.timeout(self._settings.send_timeout):
-                for frame in frames:
-                    # aiohttp hands the whole frame to the transport before it waits for the
-                    # buffer to drain: a send cut short by the timeout still delivers it.
+            if self._fits_in_buffer(batch.size):
+                for frame in frames:  # no send can wait: no timer needed
                     written += 1
                     await self._send(frame)
+            else:
+                async with asyncio.timeout(self._settings.send_timeout):
+                    for frame in frames:
+                        # aiohttp hands the whole frame to the transport before it waits for
+                        # the buffer to drain: a send cut short by the timeout delivers it.
+                        written += 1
+                        await self._send(frame)
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
@@ -168,6 +173,17 @@ class Session:
                 events = len(batch.ids) if frames is not batch.frames else written
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
+
+    def _fits_in_buffer(self, size: int) -> bool:
+        """Whether `size` more bytes stay under the transport's high-water mark.
+
+        Below it the transport never pauses, so aiohttp's sends return without waiting.
+        """
+        transport = self._request.transport if self._request else None
+        if transport is None:
+            return False
+        _, high = transport.get_write_buffer_limits()
+        return bool(transport.get_write_buffer_size() + size <= high)
 
     def _read_failed(self, error: Exception) -> None:
         now = time.monotonic()
