@@ -5,18 +5,28 @@ A session may join a read already on its way to Redis only if that read started 
 account's last wake (`Registry.woken_at`): an older read may miss the events of that wake.
 Otherwise it asks for a new read, which waits for the end of the current loop iteration so
 that every session woken by the same notifier batch asks before the reads are sent.
+
+Idle sessions are not even woken: a wake *pushes* them here, the read is made on their behalf
+(their signal taken just before it is sent), and the events are written to each of them when
+that cannot wait on the client (`Listener.push`). Any session that cannot take them so is
+resumed and reads for itself, with backpressure.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
 
 from hub.aio import consume_result
 from hub.events import Event
 from hub.ids import StreamId
-from hub.registry import Registry
+from hub.registry import Registry, Signal
 from hub.store import Store
+
+log = structlog.get_logger(__name__)
 
 Position = tuple[str, StreamId]  # (account, cursor)
 FRAME_HEADER = 10  # the most a server's WebSocket frame header takes
@@ -43,6 +53,22 @@ class Batch:
         return StreamId.parse(self.ids[sent - 1])
 
 
+class Listener(Protocol):
+    """What the reader needs of a session it reads for."""
+
+    account: str
+    cursor: StreamId
+    signal: Signal
+
+    async def push(self, cursor: StreamId, batch: Batch) -> bool:
+        """Deliver `batch` (read after `cursor`) now if that cannot wait on the client."""
+        ...
+
+    def resume(self) -> None:
+        """Let the session read for itself."""
+        ...
+
+
 @dataclass(slots=True)
 class _Flight:
     started: int
@@ -55,6 +81,8 @@ class Reader:
         self._registry = registry
         self._count = count
         self._pending: dict[Position, asyncio.Future[Batch]] = {}
+        self._pushes: dict[Position, list[Listener]] = {}
+        self._flush_scheduled = False
         self._flights: dict[Position, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.reads = 0  # round trips, for tests and metrics
@@ -65,26 +93,59 @@ class Reader:
         flight = self._flights.get(position)
         if flight is not None and flight.started > self._registry.woken_at(account):
             return await asyncio.shield(flight.future)
+        return await asyncio.shield(self._pending_read(position))
+
+    def push(self, listener: Listener) -> None:
+        """Read for an idle session that was just woken, and deliver to it if possible."""
+        self._pushes.setdefault((listener.account, listener.cursor), []).append(listener)
+        self._schedule()
+
+    def _pending_read(self, position: Position) -> asyncio.Future[Batch]:
         future = self._pending.get(position)
         if future is None:
-            loop = asyncio.get_running_loop()
-            if not self._pending:
-                loop.call_soon(self._flush)
-            future = loop.create_future()
+            future = asyncio.get_running_loop().create_future()
             future.add_done_callback(consume_result)
             self._pending[position] = future
-        return await asyncio.shield(future)
+            self._schedule()
+        return future
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        pushes, self._pushes = self._pushes, {}
+        for position, listeners in pushes.items():
+            for listener in listeners:
+                listener.signal.take()  # just before the read is sent: later wakes are kept
+            self._pending_read(position)
         pending, self._pending = self._pending, {}
+        self._flush_scheduled = False
         started = self._registry.tick()
         for position, future in pending.items():
             self._flights[position] = _Flight(started, future)
-        task = asyncio.create_task(self._fetch(pending))
+        task = asyncio.create_task(self._fetch(pending, pushes))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fetch(self, pending: dict[Position, asyncio.Future[Batch]]) -> None:
+    async def _fetch(
+        self, pending: dict[Position, asyncio.Future[Batch]], pushes: dict[Position, list[Listener]]
+    ) -> None:
+        await self._read(pending)
+        for position, listeners in pushes.items():
+            future = pending[position]
+            batch = None if future.exception() else future.result()
+            for listener in listeners:
+                try:
+                    delivered = batch is not None and await listener.push(position[1], batch)
+                except Exception:
+                    log.exception("push_failed", account=position[0])
+                    delivered = False
+                if not delivered:
+                    listener.resume()
+
+    async def _read(self, pending: dict[Position, asyncio.Future[Batch]]) -> None:
         try:
             self.reads += 1
             found = await self._store.read_many(list(pending), self._count)

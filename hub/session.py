@@ -25,7 +25,7 @@ from hub.config import Settings
 from hub.cursor import Start
 from hub.ids import StreamId
 from hub.protocol import CloseCode, Invalid, Ping, Publish
-from hub.reads import Reader
+from hub.reads import Batch, Reader
 from hub.registry import Signal
 from hub.store import UNAVAILABLE, Store
 
@@ -57,7 +57,9 @@ class Session:
         self._reader = reader
         self._settings = settings
         self._wakeup = asyncio.Event()
-        self.signal = Signal(self._wakeup.set)
+        self.signal = Signal(self._on_wake)
+        self._parked = False  # waiting for a wake, with nothing to send
+        self._resume_read = False  # the reader could not deliver a push: read ourselves
         self._replies: deque[bytes] = deque()
         self._room = asyncio.Event()
         self._room.set()
@@ -67,6 +69,31 @@ class Session:
         self._ws: web.WebSocketResponse | None = None
         self._request: web.Request | None = None
         self.log = log.bind(account=account, conn=conn)
+
+    def _on_wake(self) -> None:
+        if self._parked:
+            self._reader.push(self)  # read for us, and deliver without waking this task
+        else:
+            self._wakeup.set()
+
+    def resume(self) -> None:
+        """Read for ourselves: the reader could not deliver what it read for us."""
+        self._resume_read = True
+        self._wakeup.set()
+
+    async def push(self, cursor: StreamId, batch: Batch) -> bool:
+        """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
+        client's buffer can take all of it at once (then no send can wait on the client)."""
+        if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
+            return False
+        if self._replies or not self._fits_in_buffer(batch.size, empty=True):
+            return False
+        if batch.frames:
+            frames = [batch.joined()] if self.batched else batch.frames
+            for frame in frames:
+                await self._send(frame)
+            self.cursor = batch.position_after(len(batch.ids))
+        return not batch.full
 
     @property
     def stopping(self) -> CloseCode | None:
@@ -119,15 +146,20 @@ class Session:
             while self._stop is None:
                 if read_now:
                     self.signal.take()  # before reading: a wake from here on is kept
+                    self._resume_read = False
                     read_now = await self._read_and_send()
                 if self._replies and self._stop is None:
                     await self._send_replies()  # between batches: a backlog never starves them
                 if read_now or self._stop is not None:
                     continue
-                if not self.signal.pending and not self._replies:
+                if not (self.signal.pending or self._replies or self._resume_read):
                     self._wakeup.clear()
-                    await self._wakeup.wait()
-                read_now = self.signal.pending
+                    self._parked = True
+                    try:
+                        await self._wakeup.wait()
+                    finally:
+                        self._parked = False
+                read_now = self.signal.pending or self._resume_read
         except ConnectionResetError as error:
             self.log.debug("session_client_gone", error=str(error))
         except Exception:
@@ -174,16 +206,21 @@ class Session:
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
 
-    def _fits_in_buffer(self, size: int) -> bool:
+    def _fits_in_buffer(self, size: int, *, empty: bool = False) -> bool:
         """Whether `size` more bytes stay under the transport's high-water mark.
 
-        Below it the transport never pauses, so aiohttp's sends return without waiting.
+        Below it the transport never pauses, so aiohttp's sends return without waiting. With
+        `empty`, the buffer must also be empty: a transport paused earlier resumes only at
+        its low-water mark, and then even a small send could wait.
         """
         transport = self._request.transport if self._request else None
-        if transport is None:
+        if transport is None or transport.is_closing():
+            return False
+        buffered = transport.get_write_buffer_size()
+        if empty and buffered:
             return False
         _, high = transport.get_write_buffer_limits()
-        return bool(transport.get_write_buffer_size() + size <= high)
+        return bool(buffered + size <= high)
 
     def _read_failed(self, error: Exception) -> None:
         now = time.monotonic()
