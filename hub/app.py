@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
-from hub.http import errors_as_json
+from hub.http import json_router_errors
 from hub.http import routes as http_routes
 from hub.notifier import Notifier
 from hub.protocol import CloseCode
@@ -29,9 +29,8 @@ log = structlog.get_logger(__name__)
 def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
     """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own."""
     settings.check_serving()
-    app = web.Application(
-        middlewares=[errors_as_json], client_max_size=max(settings.max_message, 1024)
-    )
+    app = web.Application(client_max_size=max(settings.max_message, 1024))
+    app.on_response_prepare.append(json_router_errors)
     app[SETTINGS] = settings
     app[REGISTRY] = Registry()
     app[SESSIONS] = set()

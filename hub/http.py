@@ -5,6 +5,7 @@ Handlers are thin: parse, check the token's rights, call the store, write JSON.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -45,25 +46,52 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as `{"error", "message"}`; the process keeps serving."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except RequestError as error:
+def error_for(error: Exception, path: str) -> web.Response | None:
+    """The JSON error response for an exception a handler let out, or None to re-raise."""
+    if isinstance(error, RequestError):
         return error_response(error.status, error.code, error.message)
-    except UNAVAILABLE as error:
-        log.warning("redis_unavailable", path=request.path, error=str(error))
+    if isinstance(error, UNAVAILABLE):
+        log.warning("redis_unavailable", path=path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
-    except RedisError:
-        log.exception("redis_command_failed", path=request.path)
+    if isinstance(error, RedisError):
+        log.error("redis_command_failed", path=path, exc_info=error)
         return error_response(500, "internal", "a Redis command failed")
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = _HTTP_CODES.get(error.status, "http_error")
-        return error_response(error.status, code, error.reason)
-    return response
+    if isinstance(error, web.HTTPException) and error.status >= 400:
+        return error_response(
+            error.status, _HTTP_CODES.get(error.status, "http_error"), error.reason
+        )
+    return None
+
+
+def json_errors(handler: Handler) -> Handler:
+    """Every error leaves as `{"error", "message"}`; the process keeps serving.
+
+    A decorator rather than a middleware: a middleware's frame would live as long as each
+    WebSocket, and memory per socket counts.
+    """
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as error:
+            response = error_for(error, request.path)
+            if response is None:
+                raise
+            return response
+
+    return handle
+
+
+async def json_router_errors(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the router's own 404 and 405 answer JSON like the rest."""
+    plain = isinstance(response, web.Response) and response.content_type == "text/plain"
+    if plain and response.status in _HTTP_CODES:
+        assert isinstance(response, web.Response)
+        body = orjson.dumps({"error": _HTTP_CODES[response.status], "message": response.reason})
+        response.body = body
+        response.content_type = "application/json"
+        response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
 
 
 # --- helpers shared with the WebSocket endpoint ----------------------------------------------
@@ -118,16 +146,19 @@ async def json_body(request: web.Request) -> dict[str, JSON]:
 
 
 @routes.get("/")
+@json_errors
 async def root(_: web.Request) -> web.Response:
     return web.Response(text="Healthy")
 
 
 @routes.get("/healthz")
+@json_errors
 async def healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@json_errors
 async def readyz(request: web.Request) -> web.Response:
     """Ready while Redis answers and the notifier read within its BLOCK timeout + 5 s."""
     try:
@@ -140,6 +171,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.post("/accounts/{account_id}/events")
+@json_errors
 async def publish(request: web.Request) -> web.Response:
     account = account_param(request)
     claims = authenticate(request)
@@ -158,6 +190,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 @routes.get("/accounts/{account_id}/events")
+@json_errors
 async def history(request: web.Request) -> web.Response:
     account = account_param(request)
     claims = authenticate(request)
@@ -180,6 +213,7 @@ def _limit(value: str | None) -> int:
 
 
 @routes.post("/accounts")
+@json_errors
 async def create_account(request: web.Request) -> web.Response:
     claims = authenticate(request)
     require(claims.may_create_accounts(), "creating accounts")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -38,6 +39,29 @@ log = structlog.get_logger(__name__)
 class Session:
     """The state of one socket: an account, a cursor, a signal, a reply queue."""
 
+    __slots__ = (
+        "_failing_since",
+        "_parked",
+        "_poked",
+        "_read_backoff",
+        "_reader",
+        "_replies",
+        "_request",
+        "_resume_read",
+        "_room",
+        "_settings",
+        "_stop",
+        "_store",
+        "_waiter",
+        "_ws",
+        "account",
+        "batched",
+        "claims",
+        "conn",
+        "cursor",
+        "signal",
+    )
+
     def __init__(
         self,
         account: str,
@@ -56,30 +80,42 @@ class Session:
         self._store = store
         self._reader = reader
         self._settings = settings
-        self._wakeup = asyncio.Event()
+        self.conn = conn
         self.signal = Signal(self._on_wake)
+        # Memory per socket matters: what only some sockets need is created when needed.
+        self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
+        self._poked = False  # something for the delivery task (replies, stop, resume)
         self._parked = False  # waiting for a wake, with nothing to send
         self._resume_read = False  # the reader could not deliver a push: read ourselves
-        self._replies: deque[bytes] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._replies: deque[bytes] | None = None
+        self._room: asyncio.Event | None = None  # set when a full reply queue drains
         self._stop: CloseCode | None = None
-        self._read_backoff = Backoff(base=0.05, cap=2.0)
+        self._read_backoff: Backoff | None = None
         self._failing_since: float | None = None
         self._ws: web.WebSocketResponse | None = None
         self._request: web.Request | None = None
-        self.log = log.bind(account=account, conn=conn)
+
+    @property
+    def log(self) -> Any:
+        return log.bind(account=self.account, conn=self.conn)
+
+    def _poke(self) -> None:
+        """Resume the delivery task if it is parked; remembered if it is not."""
+        self._poked = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_wake(self) -> None:
         if self._parked:
             self._reader.push(self)  # read for us, and deliver without waking this task
         else:
-            self._wakeup.set()
+            self._poke()
 
     def resume(self) -> None:
         """Read for ourselves: the reader could not deliver what it read for us."""
         self._resume_read = True
-        self._wakeup.set()
+        self._poke()
 
     async def push(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
@@ -104,8 +140,9 @@ class Session:
         """Ask the delivery task to close the socket with `code` (first request wins)."""
         if self._stop is None:
             self._stop = code
-        self._wakeup.set()
-        self._room.set()
+        self._poke()
+        if self._room is not None:
+            self._room.set()
 
     async def run(
         self, request: web.Request, ws: web.WebSocketResponse, start: Start, epoch: str
@@ -152,13 +189,16 @@ class Session:
                     await self._send_replies()  # between batches: a backlog never starves them
                 if read_now or self._stop is not None:
                     continue
-                if not (self.signal.pending or self._replies or self._resume_read):
-                    self._wakeup.clear()
+                if not (self.signal.pending or self._replies or self._resume_read or self._poked):
+                    # Park until poked (inline, not a helper: a frame less per socket).
                     self._parked = True
+                    self._waiter = asyncio.get_running_loop().create_future()
                     try:
-                        await self._wakeup.wait()
+                        await self._waiter
                     finally:
                         self._parked = False
+                        self._waiter = None
+                self._poked = False
                 read_now = self.signal.pending or self._resume_read
         except ConnectionResetError as error:
             self.log.debug("session_client_gone", error=str(error))
@@ -166,7 +206,8 @@ class Session:
             self.log.exception("session_failed")
             self._stop = CloseCode.INTERNAL_ERROR
         finally:
-            self._room.set()
+            if self._room is not None:
+                self._room.set()
             await self._close()
 
     async def _read_and_send(self) -> bool:
@@ -177,7 +218,7 @@ class Session:
             self._read_failed(error)
             return False
         self._failing_since = None
-        self._read_backoff.reset()
+        self._read_backoff = None
         if batch.lost:
             # Checked before sending: nothing after a gap reaches a client that must resync.
             self.log.info("session_lagged", cursor=str(self.cursor))
@@ -231,6 +272,8 @@ class Session:
             self.stop(CloseCode.TRY_AGAIN_LATER)
             return
         # Retry by ourselves: the notifier's wake after its own recovery may already be past.
+        if self._read_backoff is None:
+            self._read_backoff = Backoff(base=0.05, cap=2.0)
         asyncio.get_running_loop().call_later(self._read_backoff.next_delay(), self.signal.wake)
 
     async def _send_replies(self) -> None:
@@ -238,7 +281,8 @@ class Session:
             async with asyncio.timeout(self._settings.send_timeout):
                 while self._replies:
                     await self._send(self._replies.popleft())
-                    self._room.set()
+                    if self._room is not None:
+                        self._room.set()
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
@@ -311,10 +355,14 @@ class Session:
 
     async def _reply(self, frame: bytes) -> None:
         """Queue a reply for the delivery task; wait while the queue is full (backpressure)."""
+        if self._replies is None:
+            self._replies = deque()
         while len(self._replies) >= MAX_QUEUED_REPLIES and self._stop is None:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         if self._stop is not None:
             return
         self._replies.append(frame)
-        self._wakeup.set()
+        self._poke()

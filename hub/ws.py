@@ -9,9 +9,9 @@ from redis.exceptions import RedisError
 
 from hub.aio import uncancellable
 from hub.auth import require
-from hub.cursor import parse_last_id, resolve_start
+from hub.cursor import Start, parse_last_id, resolve_start
 from hub.errors import BadRequest, Unavailable
-from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin
+from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin, error_for
 from hub.session import Session
 from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE
 
@@ -21,6 +21,29 @@ _connection_ids = itertools.count(1)
 
 @routes.get("/ws/{account_id}")
 async def websocket(request: web.Request) -> web.StreamResponse:
+    """No error middleware wraps this handler (see `json_errors`): it answers its own."""
+    registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
+    try:
+        session, ws, start, epoch = await _open(request)
+    except Exception as error:
+        response = error_for(error, request.path)
+        if response is None:
+            raise
+        return response
+    try:
+        await ws.prepare(request)
+        sessions.add(session)
+        session.log.info("session_opened", last_id=str(start.reported), recovered=start.recovered)
+        await session.run(request, ws, start, epoch)
+        session.log.info("session_closed", last_id=str(session.cursor), code=ws.close_code)
+    finally:
+        registry.unregister(session.account, session.signal)
+        sessions.discard(session)
+    return ws
+
+
+async def _open(request: web.Request) -> tuple[Session, web.WebSocketResponse, Start, str]:
+    """Check everything, register the session and pin its start, all before the upgrade."""
     settings = request.app[SETTINGS]
     account = account_param(request)
     check_origin(request)
@@ -49,22 +72,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         conn=f"c{next(_connection_ids)}",
         batched=batched == "1",
     )
-    registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
+    registry = request.app[REGISTRY]
     # Register first, then pin the position, then answer 101: an event published at any
     # instant from here on is either before the pinned position or wakes this session.
     registry.register(account, session.signal)
     try:
-        try:
-            state = await uncancellable(request.app[STORE].stream_state(account))
-        except RedisError as error:
-            raise Unavailable(f"Redis is unavailable: {error}") from None
-        start = resolve_start(requested, state, epoch)
-        await ws.prepare(request)
-        sessions.add(session)
-        session.log.info("session_opened", last_id=str(start.reported), recovered=start.recovered)
-        await session.run(request, ws, start, state.epoch)
-        session.log.info("session_closed", last_id=str(session.cursor), code=ws.close_code)
-    finally:
+        state = await uncancellable(request.app[STORE].stream_state(account))
+    except RedisError as error:
         registry.unregister(account, session.signal)
-        sessions.discard(session)
-    return ws
+        raise Unavailable(f"Redis is unavailable: {error}") from None
+    except BaseException:
+        registry.unregister(account, session.signal)
+        raise
+    return session, ws, resolve_start(requested, state, epoch), state.epoch
