@@ -31,7 +31,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise
         return response
     try:
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            return web.Response()  # the client left during the handshake: nothing to serve
         sessions.add(session)
         session.log.info("session_opened", last_id=str(start.reported), recovered=start.recovered)
         await session.run(request, ws, start, epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -196,6 +197,7 @@ class Run:
         m["connected"] = int(self.counter(counters, clients.CONNECTED))
         m["failed"] = int(self.counter(counters, clients.FAILED))
         m["after_connect"] = self.hub_sample()
+        m["connect_workers_cpu"] = self.counter(counters, clients.CPU)
         self.phase(
             f"{m['connected']} connected, {m['failed']} failed, "
             f"in {m['connected_at'] - m['started']:.1f} s"
@@ -267,6 +269,10 @@ class Run:
             samples, max((r["latency_max"] for r in results), default=0)
         )
         connect_times = sorted(t for r in results for t in r["connect_times"])
+        # From the first connect attempt to the last handshake, across client processes.
+        firsts = [r["first_attempt"] for r in results if r["first_attempt"]]
+        lasts = [r["last_connected"] for r in results if r["last_connected"]]
+        window = max(lasts) - min(firsts) if firsts and lasts else math.nan
         sockets = [s for r in results for s in r["sockets"]]
         per_account = published.per_account
         lost = sum(max(0, per_account.get(s["account"], 0) - s["distinct"]) for s in sockets)
@@ -275,8 +281,8 @@ class Run:
             "sockets": args.sockets,
             "connected": m["connected"],
             "connect_failed": m["failed"],
-            "connect_seconds": m["connected_at"] - m["started"],
-            "connect_rate": m["connected"] / max(m["connected_at"] - m["started"] - 0, 1e-9),
+            "connect_seconds": window,
+            "connect_rate": m["connected"] / max(window, 1e-9),
             "connect_p50_ms": report.percentile(connect_times, 0.5) * 1000,
             "connect_p99_ms": report.percentile(connect_times, 0.99) * 1000,
             "published": published.count,
@@ -291,6 +297,12 @@ class Run:
             "latency_ms": latency,
             "idle": m["idle"],
         }
+        if m["before"] and m["after_connect"] and not math.isnan(window):
+            cpu = m["after_connect"].cpu_seconds - m["before"].cpu_seconds
+            summary["hub_cpu_connect_percent"] = 100 * cpu / max(window, 1e-9)
+        summary["generator_cpu_connect_percent"] = (
+            100 * m["connect_workers_cpu"] / max(window, 1e-9) / args.procs
+        )
         if m["before"] and m["after_connect"]:
             summary["hub_rss_before_mb"] = m["before"].rss_bytes / 2**20
             summary["hub_rss_connected_mb"] = m["after_connect"].rss_bytes / 2**20
@@ -347,6 +359,11 @@ class Run:
             (
                 "sockets connected",
                 f"{s['connected']}/{s['sockets']} ({s['connect_failed']} failed)",
+            ),
+            (
+                "CPU while connecting",
+                f"hub {s.get('hub_cpu_connect_percent', math.nan):.0f}%, "
+                f"client processes {s['generator_cpu_connect_percent']:.0f}% each",
             ),
             (
                 "connect rate",

@@ -8,15 +8,15 @@ reordered events and compute publish→receive latency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
+
+from loadlib import wsclient
 
 RESERVOIR = 100_000  # latency samples kept per worker
 BUCKET_NS = 100_000_000  # throughput-over-time resolution: 100 ms
@@ -72,12 +72,15 @@ class Worker:
         self.random = random.Random(plan.seed)
         self.tracks = [Track(account) for account in plan.accounts]
         self.connect_times: list[float] = []
+        self.first_attempt: float | None = None  # wall clock, to compare across processes
+        self.last_connected: float | None = None
         self.errors: list[str] = []
         self.samples: list[int] = []
         self.latency_count = 0
         self.latency_max = 0
         self.buckets: dict[int, int] = {}
         self.received = 0
+        self.clients: list[wsclient.WebSocketClient] = []
 
     def _latency(self, ns: int, now: int) -> None:
         self.latency_count += 1
@@ -91,7 +94,7 @@ class Worker:
         bucket = now // BUCKET_NS
         self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
 
-    def _on_text(self, track: Track, text: str) -> None:
+    def _on_text(self, track: Track, text: bytes) -> None:
         data = orjson.loads(text)
         events = data if isinstance(data, list) else [data]
         now = time.time_ns()
@@ -103,36 +106,35 @@ class Worker:
             self._latency(now - payload["ts"], now)
             self.received += 1
 
-    async def _client(
-        self, session: aiohttp.ClientSession, track: Track, gate: asyncio.Semaphore
-    ) -> None:
+    async def _client(self, track: Track, gate: asyncio.Semaphore) -> None:
         await asyncio.sleep(self.random.uniform(0, self.plan.ramp))
         url = self.plan.base_url + self.plan.path.format(account=track.account) + self.plan.query
         token = self.plan.tokens.get(track.account)
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        welcomed = asyncio.get_running_loop().create_future()
+
+        def on_text(payload: bytes) -> None:
+            if not welcomed.done():
+                welcomed.set_result(None)
+            self._on_text(track, payload)
+
         async with gate:
+            if self.first_attempt is None:
+                self.first_attempt = time.time()
             started = time.perf_counter()
             try:
-                ws = await session.ws_connect(
-                    url,
-                    headers=headers,
-                    max_msg_size=0,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2),
-                )
-                welcome = await ws.receive(timeout=30)
-                if welcome.type is not aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError(f"no welcome: {welcome.type.name}")
-                self._on_text(track, welcome.data)
+                client = await asyncio.wait_for(wsclient.connect(url, on_text, headers), 30)
+                await asyncio.wait_for(welcomed, 30)
             except Exception as error:
                 self.counters[self.row + FAILED] += 1
                 if len(self.errors) < 20:
                     self.errors.append(f"{type(error).__name__}: {error}")
                 return
             self.connect_times.append(time.perf_counter() - started)
+            self.last_connected = time.time()
             self.counters[self.row + CONNECTED] += 1
-        async for message in ws:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                self._on_text(track, message.data)
+        self.clients.append(client)
+        await client.closed
 
     async def _report(self) -> None:
         while True:
@@ -142,21 +144,22 @@ class Worker:
             await asyncio.sleep(0.2)
 
     async def run(self) -> dict[str, Any]:
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
         gate = asyncio.Semaphore(self.plan.concurrency)
         reporter = asyncio.create_task(self._report())
-        async with aiohttp.ClientSession(connector=connector) as session:
-            clients = [asyncio.create_task(self._client(session, t, gate)) for t in self.tracks]
-            await asyncio.get_running_loop().run_in_executor(None, self.stop.wait)
-            for client in clients:
-                client.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*clients, return_exceptions=True)
+        tasks = [asyncio.create_task(self._client(t, gate)) for t in self.tracks]
+        await asyncio.get_running_loop().run_in_executor(None, self.stop.wait)
+        for client in self.clients:
+            client.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         reporter.cancel()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "index": self.plan.index,
             "connect_times": self.connect_times,
+            "first_attempt": self.first_attempt,
+            "last_connected": self.last_connected,
             "errors": self.errors,
             "sockets": [
                 {

@@ -1,0 +1,149 @@
+"""A minimal WebSocket client for load generation: an asyncio Protocol, no per-message
+coroutines, so that one process can drive many thousands of sockets without becoming the
+bottleneck it measures. It speaks just what a hub sends: text frames, ping, close."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import struct
+from collections.abc import Callable
+from typing import cast
+from urllib.parse import urlsplit
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + masked
+
+
+class Handshake(Exception):
+    pass
+
+
+class WebSocketClient(asyncio.Protocol):
+    """Calls `on_text(payload)` for every text message; `closed` resolves with the close code."""
+
+    def __init__(self, on_text: Callable[[bytes], None]) -> None:
+        self.on_text = on_text
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._upgraded = False
+        self._fragments: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._upgraded:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(self._buffer[:end]).split(b"\r\n", 1)[0]
+            del self._buffer[: end + 4]
+            if b" 101 " not in status + b" ":
+                self._fail(Handshake(status.decode("latin-1")))
+                return
+            self._upgraded = True
+            self.opened.set_result(None)
+        self._parse()
+
+    def _parse(self) -> None:
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= 2:
+            first, second = buffer[offset], buffer[offset + 1]
+            length = second & 0x7F
+            start = offset + 2
+            if length == 126:
+                if len(buffer) - start < 2:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, start)
+                start += 2
+            elif length == 127:
+                if len(buffer) - start < 8:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, start)
+                start += 8
+            if len(buffer) - start < length:
+                break
+            payload = bytes(buffer[start : start + length])
+            offset = start + length
+            self._frame(first & 0x80, first & 0x0F, payload)
+        del buffer[:offset]
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if opcode in (OP_TEXT, OP_BINARY, OP_CONTINUATION):
+            self._fragments.append(payload)
+            if fin:
+                message = b"".join(self._fragments)
+                self._fragments.clear()
+                self.on_text(message)
+        elif opcode == OP_PING:
+            self.send(OP_PONG, payload)
+        elif opcode == OP_CLOSE:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            self.send(OP_CLOSE, payload[:2])
+            if not self.closed.done():
+                self.closed.set_result(code)
+            if self.transport is not None:
+                self.transport.close()
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(opcode, payload))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(1006)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(error)
+            if self.transport is not None:
+                self.transport.close()
+
+
+async def connect(
+    url: str, on_text: Callable[[bytes], None], headers: dict[str, str] | None = None
+) -> WebSocketClient:
+    """Open a WebSocket to `url` (ws://host:port/path?query)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(lambda: WebSocketClient(on_text), host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    assert client.transport is not None
+    client.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await client.opened
+    return client
