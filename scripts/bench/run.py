@@ -47,33 +47,33 @@ class Workload:
     note: str = ""
 
 
-def workloads(quick: bool) -> list[Workload]:
-    scale = 0.5 if quick else 1.0
-    n = int(1000 * scale)
+def workloads(scale: float) -> list[Workload]:
+    n = max(10, int(1000 * scale))
+    accounts = max(1, n // 10)
     return [
         Workload(
             "idle",
-            int(2000 * scale),
-            int(200 * scale),
+            2 * n,
+            2 * accounts,
             1,
             0,
             idle=5.0,
-            note="no events: cost of holding sockets",
+            note="no events: the cost of holding sockets",
         ),
         Workload("one account", n, 1, 40, int(400 * scale), note=f"{n} sockets on one account"),
         Workload(
             "many accounts",
             n,
-            n // 10,
+            accounts,
             2000,
             int(10000 * scale),
-            note=f"{n} sockets over {n // 10} accounts, pushed hard",
+            note=f"{n} sockets over {accounts} accounts, pushed hard",
         ),
         Workload(
-            "half load", n, n // 10, 500, int(5000 * scale), note="latency at a moderate rate"
+            "half load", n, accounts, 500, int(5000 * scale), note="latency at a moderate rate"
         ),
         Workload(
-            "burst", n, n // 10, 1e6, int(5000 * scale), note="events published as fast as possible"
+            "burst", n, accounts, 1e6, int(5000 * scale), note="published as fast as possible"
         ),
     ]
 
@@ -276,7 +276,8 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="half the sockets and events")
+    parser.add_argument("--scale", type=float, help="sockets and events relative to the default")
     parser.add_argument("--only", nargs="*", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--workloads", nargs="*", help="names of workloads to run (default: all)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator client processes")
@@ -291,7 +292,8 @@ def main() -> int:
     redis = Redis(out / "redis")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     try:
-        for workload in workloads(args.quick):
+        scale = args.scale if args.scale else 0.5 if args.quick else 1.0
+        for workload in workloads(scale):
             if args.workloads and workload.name not in args.workloads:
                 continue
             results[workload.name] = {}
