@@ -70,13 +70,14 @@ class Start:
     reported: StreamId  # the welcome's `last_id`
     cursor: StreamId  # read strictly after this
     recovered: bool
+    catch_up: bool = True  # the stream held entries after `cursor` when the position was pinned
 
 
 def resolve_start(requested: Requested, state: StreamState, epoch: str | None) -> Start:
     """Turn the client's request into a concrete position, before the WebSocket opens."""
     head = state.head
     if requested.kind is From.NOW:
-        return Start(head.last_generated, head.last_generated, recovered=True)
+        return Start(head.last_generated, head.last_generated, recovered=True, catch_up=False)
     position = requested.after
     # The client claims an ID this stream never produced: Redis lost data since. Read from
     # what the stream has now so that new events are not skipped, and say so.
@@ -91,4 +92,7 @@ def resolve_start(requested: Requested, state: StreamState, epoch: str | None) -
         # Start just before the first retained entry, so that a later `lost_after` check
         # compares against a position the stream still agrees with.
         cursor = head.first_retained.prev()
-    return Start(reported=position, cursor=cursor, recovered=not lost)
+    # Nothing after the cursor when pinned: whatever comes later wakes the session, which
+    # registered before the position was pinned, so it need not read at once.
+    catch_up = cursor < head.last_generated
+    return Start(reported=position, cursor=cursor, recovered=not lost, catch_up=catch_up)

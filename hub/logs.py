@@ -62,4 +62,5 @@ class AccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return True
+        """Off below info level: aiohttp then skips the call altogether."""
+        return bool(self._log.is_enabled_for(logging.INFO))

@@ -155,7 +155,9 @@ class Session:
         except ConnectionResetError:
             return  # gone right after the handshake
         expiry = self._schedule_expiry()
-        delivery = asyncio.create_task(self._deliver(), name=f"deliver:{self.account}")
+        delivery = asyncio.create_task(
+            self._deliver(read_now=start.catch_up), name=f"deliver:{self.account}"
+        )
         try:
             await self._receive()
         except asyncio.CancelledError:
@@ -177,8 +179,8 @@ class Session:
 
     # --- the delivery task: the only writer -------------------------------------------------
 
-    async def _deliver(self) -> None:
-        read_now = True  # the first read is unconditional: it is the catch-up
+    async def _deliver(self, *, read_now: bool) -> None:
+        """`read_now`: catch up first (the stream had entries after the cursor when pinned)."""
         try:
             while self._stop is None:
                 if read_now:

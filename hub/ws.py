@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -15,6 +16,7 @@ from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin, err
 from hub.session import Session
 from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE
 
+log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 _connection_ids = itertools.count(1)
 
@@ -36,9 +38,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:
             return web.Response()  # the client left during the handshake: nothing to serve
         sessions.add(session)
-        session.log.info("session_opened", last_id=str(start.reported), recovered=start.recovered)
+        log.info(
+            "session_opened",
+            account=session.account,
+            conn=session.conn,
+            last_id=str(start.reported),
+            recovered=start.recovered,
+        )
         await session.run(request, ws, start, epoch)
-        session.log.info("session_closed", last_id=str(session.cursor), code=ws.close_code)
+        log.info(
+            "session_closed",
+            account=session.account,
+            conn=session.conn,
+            last_id=str(session.cursor),
+            code=ws.close_code,
+        )
     finally:
         registry.unregister(session.account, session.signal)
         sessions.discard(session)

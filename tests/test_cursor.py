@@ -150,3 +150,12 @@ def test_the_cursor_never_moves_before_the_requested_position_within_the_log(
     assert start.cursor <= last
     # Nothing retained after the requested position is skipped.
     assert start.cursor <= max(requested, first.prev())
+
+
+def test_catch_up_only_when_the_stream_had_entries_after_the_cursor() -> None:
+    assert not resolve_start(parse_last_id("$"), state("9-0", "1-0"), None).catch_up
+    assert resolve_start(parse_last_id("0"), state("9-0", "1-0"), None).catch_up
+    assert not resolve_start(parse_last_id("0"), state("0-0", None), None).catch_up
+    assert resolve_start(parse_last_id("5-0"), state("9-0", "1-0"), None).catch_up
+    assert not resolve_start(parse_last_id("9-0"), state("9-0", "1-0"), None).catch_up
+    assert not resolve_start(parse_last_id("99-0"), state("9-0", "1-0"), None).catch_up
