@@ -274,6 +274,24 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str
     return "\n".join(lines)
 
 
+def write_charts(results: dict[str, dict[str, dict[str, Any]]], out: Path, machine: str) -> None:
+    """One latency CDF per workload (bench-<workload>.svg) and all of them in bench.html."""
+    charts = []
+    for workload, by_impl in results.items():
+        series = {
+            i: s["latency_samples_ms"] for i, s in by_impl.items() if s.get("latency_samples_ms")
+        }
+        if not series:
+            continue
+        chart = report.chart_latency_cdf(series)
+        chart = chart.replace("Publish → receive latency (CDF)", f"Latency CDF: {workload}")
+        (out / f"bench-{workload.replace(' ', '-')}.svg").write_text(chart)
+        charts.append(chart)
+    (out / "bench.html").write_text(
+        report.html_report("hub benchmark", [("machine", machine)], charts)
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="half the sockets and events")
@@ -319,23 +337,7 @@ def main() -> int:
     (out / "bench.json").write_text(
         json.dumps({"machine": machine, "results": results}, indent=1, default=str)
     )
-    charts = []
-    for workload, by_impl in results.items():
-        series = {
-            impl: s.get("latency_samples_ms", [])
-            for impl, s in by_impl.items()
-            if s.get("latency_samples_ms")
-        }
-        if series:
-            charts.append(
-                report.chart_latency_cdf(series).replace(
-                    "Publish → receive latency (CDF)", f"Latency CDF: {workload}"
-                )
-            )
-    (out / "bench.svg").write_text(charts[0] if charts else "")
-    (out / "bench.html").write_text(
-        report.html_report("hub benchmark", [("machine", machine)], charts)
-    )
+    write_charts(results, out, machine)
     return 0
 
 
