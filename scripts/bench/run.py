@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -208,7 +209,8 @@ def run_one(
         ]
         run = loadtest.Run(loadtest.parse_args(argv))
         summary = run.run()
-        summary["latency_samples_ms"] = run._latency_all_ms[:5000]
+        samples = run._latency_all_ms
+        summary["latency_samples_ms"] = random.Random(0).sample(samples, min(5000, len(samples)))
         return summary
     finally:
         server.terminate()
