@@ -1,11 +1,16 @@
 """One WebSocket's life: deliver its account's events in order, answer its messages.
 
-Two tasks per socket. The delivery task owns every write: it takes the wake signal, reads at
-most a batch after its cursor (through the shared `Reader`), sends with backpressure, then
-waits for the next wake. The
-receive task parses incoming messages and queues replies for the delivery task. A backlog
-waits in Redis, never in memory; a client that stops reading for `send_timeout` is closed
-with 4008 and resumes from the ID in the close reason.
+Two tasks per socket. The delivery task owns the socket's writes: it takes the wake signal,
+reads at most a batch after its cursor (through the shared `Reader`), sends with
+backpressure, then parks until the next wake. The receive task parses incoming messages and
+queues replies for the delivery task. A backlog waits in Redis, never in memory; a client
+that stops reading for `send_timeout` is closed with 4008 and resumes from the ID in the
+close reason.
+
+One exception to "the delivery task writes": while a session is parked, the reader may write
+a batch it read for it (`push`), but only when the client's buffer is empty and can take the
+whole batch, so that the write cannot wait on this client. Otherwise the session is resumed
+and sends for itself.
 """
 
 from __future__ import annotations
