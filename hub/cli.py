@@ -14,7 +14,7 @@ from hub import logs
 from hub.auth import mint, parse_publish_list
 from hub.config import Settings, load_settings
 from hub.errors import HubError
-from hub.events import JSON, is_valid_type
+from hub.events import JSON, validate_type
 from hub.ids import validate_account_id
 
 DEFAULT_TTL = 3600
@@ -103,8 +103,7 @@ async def _publish(settings: Settings, account: str, event_type: str, payload: s
     from hub.store import Store, connect
 
     validate_account_id(account)
-    if not is_valid_type(event_type):
-        raise HubError("TYPE must be 1-256 characters")
+    validate_type(event_type)
     url = settings.redis_url or require_running(settings.data_dir)
     redis = connect(url, pool_size=1, socket_timeout=10)
     try:

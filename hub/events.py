@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from hub.errors import BadRequest
+
 JSON = Any
 """Any value orjson can encode: dict, list, str, int, float, bool or None."""
 
@@ -32,8 +34,13 @@ def decode_payload(raw: bytes) -> JSON:
         return raw.decode("utf-8", "replace")
 
 
-def is_valid_type(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_TYPE_LENGTH
+def validate_type(value: object) -> str:
+    """Return `value` if it is a valid event type (a string of 1-256 characters)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TYPE_LENGTH:
+        raise BadRequest(
+            f"'type' must be a string of 1-{MAX_TYPE_LENGTH} characters", code="invalid_type"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
 from hub.errors import BadRequest, Forbidden, RequestError, Unauthorized
-from hub.events import JSON, MAX_TYPE_LENGTH, is_valid_type
+from hub.events import JSON, validate_type
 from hub.ids import ZERO, StreamId, normalize_email, validate_account_id
 from hub.state import NOTIFIER, SETTINGS, STORE
 from hub.store import UNAVAILABLE
@@ -177,12 +177,7 @@ async def publish(request: web.Request) -> web.Response:
     claims = authenticate(request)
     require(claims.may_publish(account), f"publishing to account {account}")
     body = await json_body(request)
-    event_type = body.get("type")
-    if not is_valid_type(event_type):
-        raise BadRequest(
-            f"'type' must be a string of 1-{MAX_TYPE_LENGTH} characters", code="invalid_type"
-        )
-    assert isinstance(event_type, str)
+    event_type = validate_type(body.get("type"))
     event_id = await uncancellable(
         request.app[STORE].publish(account, event_type, body.get("payload"))
     )

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from hub.errors import BadRequest
-from hub.events import JSON, MAX_TYPE_LENGTH, is_valid_type
+from hub.events import JSON, validate_type
 from hub.ids import StreamId, validate_account_id
 
 PONG = "pong"
@@ -86,12 +86,10 @@ def _parse_op(message: dict[str, Any]) -> ClientMessage:
         validate_account_id(to)
     except BadRequest as error:
         return Invalid(error.code, error.message, ref)
-    event_type = message.get("type")
-    if not is_valid_type(event_type):
-        return Invalid(
-            "invalid_type", f"'type' must be a string of 1-{MAX_TYPE_LENGTH} characters", ref
-        )
-    assert isinstance(event_type, str)
+    try:
+        event_type = validate_type(message.get("type"))
+    except BadRequest as error:
+        return Invalid(error.code, error.message, ref)
     return Publish(to, event_type, message.get("payload"), ref)
 
 
