@@ -57,7 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing")
     parser.add_argument("--events", type=int, help="publish this many events instead of --duration")
     parser.add_argument("--payload-size", type=int, default=64, help="padding bytes per event")
-    parser.add_argument("--publish-via", choices=["http", "redis"], default="http")
+    parser.add_argument(
+        "--publish-via",
+        choices=["http", "redis", "firehose"],
+        default="http",
+        help="the hub's HTTP API, its publish script in Redis, or (scripts/bench/floor.py "
+        "only) one socket at /publish",
+    )
     parser.add_argument(
         "--redis-url", help="the hub's Redis: commandstats, and --publish-via redis"
     )
@@ -226,11 +232,12 @@ class Run:
     def load(self, counters: Any, m: dict[str, Any]) -> None:
         args = self.args
         count = args.events if args.events is not None else int(args.rate * args.duration)
-        via_redis = args.publish_via == "redis"
+        via = args.publish_via
         publisher = Publisher(
-            http_base=None if via_redis else self.http_base,
+            http_base=self.http_base if via == "http" else None,
             token=self.admin,
-            redis_url=args.redis_url if via_redis else None,
+            redis_url=args.redis_url if via == "redis" else None,
+            firehose=self.ws_base + "/publish" if via == "firehose" else None,
             payload_size=args.payload_size,
         )
         m["redis_before"], m["hub_before"] = self.redis_snapshot(), self.hub_sample()

@@ -30,20 +30,39 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def publish(request: web.Request) -> web.Response:
-    account = request.match_info["account"]
-    body = orjson.loads(await request.read())
+async def fan_out(account: str, body: dict[str, object]) -> str:
     event_id = f"{next(ids)}-0"
     frame = orjson.dumps({"id": event_id, "type": body["type"], "payload": body["payload"]})
     for ws in list(sockets.get(account, ())):
         await ws.send_frame(frame, web.WSMsgType.TEXT)
+    return event_id
+
+
+async def publish(request: web.Request) -> web.Response:
+    """One event per request, like the hub's HTTP API."""
+    event_id = await fan_out(request.match_info["account"], orjson.loads(await request.read()))
     return web.json_response({"id": event_id}, status=201)
+
+
+async def firehose(request: web.Request) -> web.WebSocketResponse:
+    """Events as `{"account", "type", "payload"}` messages on one socket: a publisher that
+    costs the floor next to nothing, so that its fan-out alone is measured."""
+    ws = new_socket()
+    await ws.prepare(request)
+    async for message in ws:
+        body = orjson.loads(message.data)
+        await fan_out(body["account"], body)
+    return ws
 
 
 if __name__ == "__main__":
     args = arguments(__doc__.splitlines()[0])
     app = web.Application()
     app.add_routes(
-        [web.get("/ws/{account}", socket), web.post("/accounts/{account}/events", publish)]
+        [
+            web.get("/ws/{account}", socket),
+            web.get("/publish", firehose),
+            web.post("/accounts/{account}/events", publish),
+        ]
     )
     serve(app, args.port)

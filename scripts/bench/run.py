@@ -34,7 +34,9 @@ sys.path.insert(0, str(HERE.parent))
 import loadtest  # noqa: E402
 from loadlib import report  # noqa: E402
 
-IMPLEMENTATIONS = ("hub", "polling", "blocking", "floor")
+IMPLEMENTATIONS = ("hub", "hub-batch", "polling", "blocking", "floor")
+# hub-batch: the hub, its clients asking for several events per frame (?batch=1)
+RATIOS = [("hub", "polling"), ("hub", "blocking"), ("hub", "floor"), ("hub-batch", "floor")]
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Redis:
 
 def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
     python = sys.executable
-    if implementation == "hub":
+    if implementation.startswith("hub"):
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -205,7 +207,8 @@ def run_one(
             "--prefix",
             "b",
             "--publish-via",
-            "http" if implementation == "floor" else "redis",
+            "firehose" if implementation == "floor" else "redis",
+            *(["--batch"] if implementation == "hub-batch" else []),
         ]
         run = loadtest.Run(loadtest.parse_args(argv))
         summary = run.run()
@@ -250,28 +253,16 @@ def value(summary: dict[str, Any], metric: Any) -> float | None:
 def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str) -> str:
     lines = [f"Machine: {machine}", ""]
     for workload, by_impl in results.items():
-        lines.append(f"**{workload}**")
-        lines.append("")
-        lines.append(
-            "| metric | "
-            + " | ".join(by_impl)
-            + " | hub ÷ polling | hub ÷ blocking | hub ÷ floor |"
-        )
-        lines.append("|---|" + "---|" * (len(by_impl) + 3))
+        pairs = [(a, b) for a, b in RATIOS if a in by_impl and b in by_impl]
+        lines += [f"**{workload}**", ""]
+        header = [*by_impl, *(f"{a} ÷ {b}" for a, b in pairs)]
+        lines.append("| metric | " + " | ".join(header) + " |")
+        lines.append("|---|" + "---|" * len(header))
         for name, metric, _ in METRICS:
             cells = [value(s, metric) for s in by_impl.values()]
-            hub = value(by_impl.get("hub", {}), metric) if "hub" in by_impl else None
-            ratios = [
-                ratio(hub, value(by_impl[b], metric)) if b in by_impl else "—"
-                for b in ("polling", "blocking", "floor")
-            ]
-            lines.append(
-                f"| {name} | "
-                + " | ".join("—" if c is None else f"{c:,.2f}" for c in cells)
-                + " | "
-                + " | ".join(ratios)
-                + " |"
-            )
+            shown = ["—" if c is None else f"{c:,.2f}" for c in cells]
+            ratios = [ratio(value(by_impl[a], metric), value(by_impl[b], metric)) for a, b in pairs]
+            lines.append(f"| {name} | " + " | ".join(shown + ratios) + " |")
         lines.append("")
     return "\n".join(lines)
 
