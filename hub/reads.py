@@ -42,6 +42,7 @@ class Batch:
     full: bool  # COUNT reached: more may follow
     lost: bool  # events after the position were trimmed away unread
     _joined: bytes | None = field(default=None, repr=False)
+    _last: StreamId | None = field(default=None, repr=False)
 
     def joined(self) -> bytes:
         """All frames as one JSON array (the opt-in batched frame), built once."""
@@ -50,7 +51,12 @@ class Batch:
         return self._joined
 
     def position_after(self, sent: int) -> StreamId:
-        return StreamId.parse(self.ids[sent - 1])
+        """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
+        if sent < len(self.ids):
+            return StreamId.parse(self.ids[sent - 1])
+        if self._last is None:
+            self._last = StreamId.parse(self.ids[-1])
+        return self._last
 
 
 class Listener(Protocol):
