@@ -51,7 +51,6 @@ class Notifier:
         self._clock = clock
         self.position: StreamId | None = None
         self.last_read_at: float | None = None
-        self.batches = 0
 
     def healthy(self) -> bool:
         """Whether a read completed within the BLOCK timeout plus 5 seconds."""
@@ -89,7 +88,6 @@ class Notifier:
         block = None if in_doubt else self._block_ms
         entries = await self._store.read_index(before, self._batch, block)
         self.last_read_at = self._clock()
-        self.batches += 1
         if in_doubt:
             woken = self._registry.wake_all()
             log.info("notifier_reading", position=str(before), woke=woken)

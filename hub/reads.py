@@ -91,7 +91,6 @@ class Reader:
         self._flush_scheduled = False
         self._flights: dict[Position, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.reads = 0  # round trips, for tests and metrics
 
     async def read(self, account: str, cursor: StreamId) -> Batch:
         """The events after `cursor`; never cancelled mid-flight (the caller may be)."""
@@ -153,7 +152,6 @@ class Reader:
 
     async def _read(self, pending: dict[Position, asyncio.Future[Batch]]) -> None:
         try:
-            self.reads += 1
             found = await self._store.read_many(list(pending), self._count)
             full = [p for p, entries in found.items() if len(entries) >= self._count]
             # Only a full read can hide a gap (see `StreamHead.lost_after`).
