@@ -82,6 +82,8 @@ class _Flight:
 
 
 class Reader:
+    """The process's reads of account streams, coalesced and shared (see the module doc)."""
+
     def __init__(self, store: Store, registry: Registry, count: int) -> None:
         self._store = store
         self._registry = registry

@@ -15,7 +15,9 @@ class Signal:
     """A level-triggered wake flag owned by one session.
 
     `wake` may be called any number of times; the flag stays set until the owner `take`s it.
-    `on_wake` lets the I/O shell resume a waiting task (e.g. `asyncio.Event.set`).
+    `on_wake` lets the I/O shell resume the session; it runs when the flag becomes set, since
+    a session whose flag is already set has yet to take it, and its next read covers the new
+    wake as well.
     """
 
     __slots__ = ("_on_wake", "_pending")
@@ -29,6 +31,8 @@ class Signal:
         return self._pending
 
     def wake(self) -> None:
+        if self._pending:
+            return
         self._pending = True
         if self._on_wake is not None:
             self._on_wake()
