@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from contextlib import nullcontext
 from typing import Any
 
 import structlog
@@ -130,8 +131,7 @@ class Session:
         if self._replies or not self._fits_in_buffer(batch.size, empty=True):
             return False
         if batch.frames:
-            frames = [batch.joined()] if self.batched else batch.frames
-            for frame in frames:
+            for frame in self._frames(batch):
                 await self._send(frame)
             self.cursor = batch.position_after(len(batch.ids))
         return not batch.full
@@ -182,7 +182,7 @@ class Session:
         delay = max(0.0, self.claims.expires_at - time.time())
         return loop.call_later(delay, self.stop, CloseCode.TOKEN_EXPIRED)
 
-    # --- the delivery task: the only writer -------------------------------------------------
+    # --- the delivery task: the socket's writer (see the module doc for the push) ------------
 
     async def _deliver(self, *, read_now: bool) -> None:
         """`read_now`: catch up first (the stream had entries after the cursor when pinned)."""
@@ -231,20 +231,17 @@ class Session:
             self.log.info("session_lagged", cursor=str(self.cursor))
             self.stop(CloseCode.LAGGED)
             return False
-        frames = [batch.joined()] if self.batched and batch.frames else batch.frames
+        frames = self._frames(batch)
+        # Below the high-water mark no send can wait, so no timer is needed.
+        fits = self._fits_in_buffer(batch.size)
         written = 0
         try:
-            if self._fits_in_buffer(batch.size):
-                for frame in frames:  # no send can wait: no timer needed
+            async with nullcontext() if fits else asyncio.timeout(self._settings.send_timeout):
+                for frame in frames:
+                    # aiohttp hands the whole frame to the transport before it waits for the
+                    # buffer to drain: a send cut short by the timeout still delivers it.
                     written += 1
                     await self._send(frame)
-            else:
-                async with asyncio.timeout(self._settings.send_timeout):
-                    for frame in frames:
-                        # aiohttp hands the whole frame to the transport before it waits for
-                        # the buffer to drain: a send cut short by the timeout delivers it.
-                        written += 1
-                        await self._send(frame)
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
@@ -253,6 +250,10 @@ class Session:
                 events = len(batch.ids) if frames is not batch.frames else written
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
+
+    def _frames(self, batch: Batch) -> list[bytes]:
+        """The batch as this client takes it: one frame per event, or one array (batch=1)."""
+        return [batch.joined()] if self.batched and batch.frames else batch.frames
 
     def _fits_in_buffer(self, size: int, *, empty: bool = False) -> bool:
         """Whether `size` more bytes stay under the transport's high-water mark.
