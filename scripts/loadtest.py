@@ -33,7 +33,7 @@ from loadlib.probes import (
     pid_listening_on,
     sample_process,
 )
-from loadlib.publisher import Publisher
+from loadlib.publisher import Published, Publisher
 
 MAX_SOCKETS = 50_000
 MAX_SECONDS = 3_600
@@ -269,86 +269,22 @@ class Run:
         return task.result()
 
     def summarize(self, **m: Any) -> dict[str, Any]:
-        args = self.args
         results, published = m["results"], m["published"]
         samples = [s for r in results for s in r["samples"]]
-        latency = report.latency_summary(
-            samples, max((r["latency_max"] for r in results), default=0)
-        )
-        connect_times = sorted(t for r in results for t in r["connect_times"])
-        # From the first connect attempt to the last handshake, across client processes.
-        firsts = [r["first_attempt"] for r in results if r["first_attempt"]]
-        lasts = [r["last_connected"] for r in results if r["last_connected"]]
-        window = max(lasts) - min(firsts) if firsts and lasts else math.nan
-        sockets = [s for r in results for s in r["sockets"]]
-        per_account = published.per_account
-        lost = sum(max(0, per_account.get(s["account"], 0) - s["distinct"]) for s in sockets)
-        delivered = sum(s["received"] for s in sockets)
         summary: dict[str, Any] = {
-            "sockets": args.sockets,
-            "connected": m["connected"],
-            "connect_failed": m["failed"],
-            "connect_seconds": window,
-            "connect_rate": m["connected"] / max(window, 1e-9),
-            "connect_p50_ms": report.percentile(connect_times, 0.5) * 1000,
-            "connect_p99_ms": report.percentile(connect_times, 0.99) * 1000,
+            "sockets": self.args.sockets,
+            **self._connecting(results, m),
             "published": published.count,
             "publish_failed": published.failed,
             "publisher_max_lag_s": published.max_lag,
-            "expected_deliveries": m["expected"],
-            "delivered": delivered,
-            "lost": lost,
-            "duplicated": sum(s["duplicates"] for s in sockets),
-            "reordered": sum(s["reordered"] for s in sockets),
-            "delivered_per_s": delivered / max(m["elapsed"], 1e-9),
-            "latency_ms": latency,
+            **self._delivery(results, published, m),
+            "latency_ms": report.latency_summary(
+                samples, max((r["latency_max"] for r in results), default=0)
+            ),
             "idle": m["idle"],
         }
-        if m["before"] and m["after_connect"] and not math.isnan(window):
-            cpu = m["after_connect"].cpu_seconds - m["before"].cpu_seconds
-            summary["hub_cpu_connect_percent"] = 100 * cpu / max(window, 1e-9)
-        summary["generator_cpu_connect_percent"] = (
-            100 * m["connect_workers_cpu"] / max(window, 1e-9) / args.procs
-        )
-        if m["before"] and m["after_connect"]:
-            summary["hub_rss_before_mb"] = m["before"].rss_bytes / 2**20
-            summary["hub_rss_connected_mb"] = m["after_connect"].rss_bytes / 2**20
-            summary["rss_per_socket_kb"] = (
-                (m["after_connect"].rss_bytes - m["before"].rss_bytes)
-                / max(m["connected"], 1)
-                / 1024
-            )
-        if m["hub_before"] and m["hub_after"]:
-            cpu = m["hub_after"].cpu_seconds - m["hub_before"].cpu_seconds
-            summary["hub_cpu_percent"] = 100 * cpu / max(m["elapsed"], 1e-9)
-            summary["hub_cpu_us_per_delivery"] = 1e6 * cpu / max(delivered, 1)
-        if m["redis_before"] and m["redis_after"]:
-            calls = command_delta(m["redis_before"][0], m["redis_after"][0])
-            summary["redis_commands"] = calls
-            summary["redis_commands_per_s"] = sum(calls.values()) / max(m["elapsed"], 1e-9)
-            summary["redis_commands_per_delivery"] = sum(calls.values()) / max(delivered, 1)
-            reads = sum(calls.get(name, 0) for name in ("xread", "xrange", "xrevrange"))
-            summary["read_commands_per_delivery"] = reads / max(delivered, 1)
-            summary["redis_cpu_percent"] = (
-                100 * (m["redis_after"][1] - m["redis_before"][1]) / max(m["elapsed"], 1e-9)
-            )
-        generator = m["workers_cpu"] / max(m["elapsed"], 1e-9) / args.procs
-        summary["generator_cpu_percent_per_proc"] = 100 * generator
-        summary["publisher_cpu_percent"] = 100 * m["main_cpu"] / max(m["elapsed"], 1e-9)
-        warnings = []
-        if generator > 0.9:
-            warnings.append(
-                "client processes were saturated: the generator, not the hub, may be the "
-                "limit (add --procs)"
-            )
-        if published.max_lag > 1.0 or summary["publisher_cpu_percent"] > 90:
-            warnings.append(
-                f"the publisher fell {published.max_lag:.1f} s behind its schedule: "
-                "the rate was not reached"
-            )
-        if lost or summary["duplicated"] or summary["reordered"]:
-            warnings.append("events were lost, duplicated or reordered")
-        summary["warnings"] = warnings
+        summary.update(self._costs(summary["delivered"], m))
+        summary["warnings"] = self._warnings(summary, published)
         summary["errors"] = sorted({e for r in results for e in r["errors"]})[:10]
         self.results["summary"] = summary
         start_ns = int(published.started * 1e9)
@@ -358,6 +294,93 @@ class Run:
         self.results["latency_samples_ms"] = [s / 1e6 for s in samples[:20_000]]
         self._latency_all_ms = [s / 1e6 for s in samples]
         return summary
+
+    def _connecting(self, results: list[dict[str, Any]], m: dict[str, Any]) -> dict[str, Any]:
+        """Connect rate, from the first attempt to the last handshake across client processes,
+        and what connecting cost the hub."""
+        connect_times = sorted(t for r in results for t in r["connect_times"])
+        firsts = [r["first_attempt"] for r in results if r["first_attempt"]]
+        lasts = [r["last_connected"] for r in results if r["last_connected"]]
+        window = max(lasts) - min(firsts) if firsts and lasts else math.nan
+        out: dict[str, Any] = {
+            "connected": m["connected"],
+            "connect_failed": m["failed"],
+            "connect_seconds": window,
+            "connect_rate": m["connected"] / max(window, 1e-9),
+            "connect_p50_ms": report.percentile(connect_times, 0.5) * 1000,
+            "connect_p99_ms": report.percentile(connect_times, 0.99) * 1000,
+        }
+        before, after = m["before"], m["after_connect"]
+        if before and after and not math.isnan(window):
+            cpu = after.cpu_seconds - before.cpu_seconds
+            out["hub_cpu_connect_percent"] = 100 * cpu / max(window, 1e-9)
+        out["generator_cpu_connect_percent"] = (
+            100 * m["connect_workers_cpu"] / max(window, 1e-9) / self.args.procs
+        )
+        if before and after:
+            out["hub_rss_before_mb"] = before.rss_bytes / 2**20
+            out["hub_rss_connected_mb"] = after.rss_bytes / 2**20
+            grown = after.rss_bytes - before.rss_bytes
+            out["rss_per_socket_kb"] = grown / max(m["connected"], 1) / 1024
+        return out
+
+    @staticmethod
+    def _delivery(
+        results: list[dict[str, Any]], published: Published, m: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What arrived against what was published. Throughput runs from the first publish to
+        the last event received, exactly: the drain loop only polls."""
+        sockets = [s for r in results for s in r["sockets"]]
+        per_account = published.per_account
+        delivered = sum(s["received"] for s in sockets)
+        last_received = max((r["last_received"] for r in results), default=0.0)
+        seconds = last_received - published.started if delivered else m["elapsed"]
+        return {
+            "expected_deliveries": m["expected"],
+            "delivered": delivered,
+            "lost": sum(max(0, per_account.get(s["account"], 0) - s["distinct"]) for s in sockets),
+            "duplicated": sum(s["duplicates"] for s in sockets),
+            "reordered": sum(s["reordered"] for s in sockets),
+            "delivery_seconds": seconds,
+            "delivered_per_s": delivered / max(seconds, 1e-9),
+        }
+
+    def _costs(self, delivered: int, m: dict[str, Any]) -> dict[str, Any]:
+        """Hub CPU, Redis commands and generator CPU over the load phase."""
+        elapsed = max(m["elapsed"], 1e-9)
+        out: dict[str, Any] = {}
+        if m["hub_before"] and m["hub_after"]:
+            cpu = m["hub_after"].cpu_seconds - m["hub_before"].cpu_seconds
+            out["hub_cpu_percent"] = 100 * cpu / elapsed
+            out["hub_cpu_us_per_delivery"] = 1e6 * cpu / max(delivered, 1)
+        if m["redis_before"] and m["redis_after"]:
+            calls = command_delta(m["redis_before"][0], m["redis_after"][0])
+            out["redis_commands"] = calls
+            out["redis_commands_per_s"] = sum(calls.values()) / elapsed
+            out["redis_commands_per_delivery"] = sum(calls.values()) / max(delivered, 1)
+            reads = sum(calls.get(name, 0) for name in ("xread", "xrange", "xrevrange"))
+            out["read_commands_per_delivery"] = reads / max(delivered, 1)
+            out["redis_cpu_percent"] = 100 * (m["redis_after"][1] - m["redis_before"][1]) / elapsed
+        out["generator_cpu_percent_per_proc"] = 100 * m["workers_cpu"] / elapsed / self.args.procs
+        out["publisher_cpu_percent"] = 100 * m["main_cpu"] / elapsed
+        return out
+
+    @staticmethod
+    def _warnings(summary: dict[str, Any], published: Published) -> list[str]:
+        warnings = []
+        if summary["generator_cpu_percent_per_proc"] > 90:
+            warnings.append(
+                "client processes were saturated: the generator, not the hub, may be the "
+                "limit (add --procs)"
+            )
+        if published.max_lag > 1.0 or summary["publisher_cpu_percent"] > 90:
+            warnings.append(
+                f"the publisher fell {published.max_lag:.1f} s behind its schedule: "
+                "the rate was not reached"
+            )
+        if summary["lost"] or summary["duplicated"] or summary["reordered"]:
+            warnings.append("events were lost, duplicated or reordered")
+        return warnings
 
     def rows(self) -> list[tuple[str, str]]:
         s = self.results["summary"]

@@ -76,7 +76,7 @@ def workloads(scale: float) -> list[Workload]:
             "half load", n, accounts, 500, int(5000 * scale), note="latency at a moderate rate"
         ),
         Workload(
-            "burst", n, accounts, 1e6, int(5000 * scale), note="published as fast as possible"
+            "burst", n, accounts, 1e6, int(20000 * scale), note="published as fast as possible"
         ),
     ]
 

@@ -80,6 +80,7 @@ class Worker:
         self.latency_max = 0
         self.buckets: dict[int, int] = {}
         self.received = 0
+        self.last_received_ns = 0  # wall clock of the last event, to end the throughput window
         self.clients: list[wsclient.WebSocketClient] = []
 
     def _latency(self, ns: int, now: int) -> None:
@@ -105,6 +106,7 @@ class Worker:
             track.record(payload["seq"])
             self._latency(now - payload["ts"], now)
             self.received += 1
+        self.last_received_ns = now
 
     async def _client(self, track: Track, gate: asyncio.Semaphore) -> None:
         await asyncio.sleep(self.random.uniform(0, self.plan.ramp))
@@ -174,6 +176,7 @@ class Worker:
             "samples": self.samples,
             "latency_count": self.latency_count,
             "latency_max": self.latency_max,
+            "last_received": self.last_received_ns / 1e9,
             "buckets": self.buckets,
             "cpu": usage.ru_utime + usage.ru_stime,
         }
