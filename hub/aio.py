@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 async def uncancellable(awaitable: Awaitable[T]) -> T:
@@ -44,6 +46,58 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
 def consume_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+class Coalesced(Generic[K, V]):
+    """Calls made while one is in flight wait for it, then go together as the next one.
+
+    `call` maps a list of keys to one value per key, in order. Alone, a call goes at once;
+    under a burst, each round trip carries everything that arrived during the previous one.
+    The calls run in their own task: a caller cancelled while waiting leaves its batch alone,
+    so a Redis command is never cancelled mid-flight (see `uncancellable`).
+    """
+
+    def __init__(self, call: Callable[[list[K]], Awaitable[list[V]]], limit: int) -> None:
+        self._call, self._limit = call, limit
+        self._waiting: list[tuple[K, asyncio.Future[V]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, key: K) -> V:
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.append((key, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="coalesced")
+        return await future
+
+    async def _run(self) -> None:
+        batch: list[tuple[K, asyncio.Future[V]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
+                try:
+                    values = await self._call([key for key, _ in batch])
+                    if len(values) != len(batch):
+                        raise RuntimeError(f"{len(values)} values for {len(batch)} keys")
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), value in zip(batch, values, strict=True):
+                    if not future.done():
+                        future.set_result(value)
+        finally:
+            self._task = None
+            for _, future in [*batch, *self._waiting]:
+                future.cancel()  # only those still waiting: we are being cancelled
+            self._waiting = []
+
+    async def close(self) -> None:
+        """Cancel the call in flight, if any, and every caller waiting for one."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class Backoff:

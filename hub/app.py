@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from hub.aio import Coalesced
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
 from hub.http import json_router_errors
@@ -19,11 +20,21 @@ from hub.protocol import CloseCode
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
-from hub.state import NOTIFIER, READER, REDIS_URL, REGISTRY, SESSIONS, SETTINGS, STORE
+from hub.state import (
+    NOTIFIER,
+    READER,
+    REDIS_URL,
+    REGISTRY,
+    SESSIONS,
+    SETTINGS,
+    STORE,
+    STREAM_STATES,
+)
 from hub.store import Store, connect
 from hub.ws import routes as ws_routes
 
 log = structlog.get_logger(__name__)
+MAX_OPENS_PER_COMMAND = 256  # accounts whose heads one script call reads (Redis waits on it)
 
 
 def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
@@ -79,6 +90,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
         log.warning("redis_unavailable_at_start", error=str(error))
     app[STORE], app[NOTIFIER] = store, notifier
     app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch)
+    app[STREAM_STATES] = stream_states = Coalesced(store.stream_states, MAX_OPENS_PER_COMMAND)
     task = asyncio.create_task(notifier.run(), name="notifier")
     if settings.auth is AuthMode.OFF:
         log.warning("auth_off", detail="HUB_AUTH=off: any client may open any account's socket")
@@ -88,6 +100,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await reader.close()
+    await stream_states.close()
     await blocking.aclose(close_connection_pool=True)
     await pool.aclose(close_connection_pool=True)
 

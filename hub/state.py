@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.aio import Coalesced
 from hub.config import Settings
+from hub.cursor import StreamState
 from hub.notifier import Notifier
 from hub.reads import Reader
 from hub.registry import Registry
@@ -18,3 +20,5 @@ REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
 NOTIFIER = web.AppKey("notifier", Notifier)
 READER = web.AppKey("reader", Reader)
+STREAM_STATES = web.AppKey[Coalesced[str, StreamState]]("stream_states")
+"""An account's epoch and stream head at socket open: concurrent opens share one command."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from importlib.resources import files
 from typing import Any, TypeAlias, cast
 
@@ -9,6 +10,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +37,10 @@ def _script(name: str) -> str:
 PUBLISH_SCRIPT = _script("publish.lua")
 
 
+_DRIVER_INFO = DriverInfo(lib_version=metadata.version("redis"))
+"""redis-py would look its own version up in the installed packages for every connection."""
+
+
 def connect(
     url: str, *, pool_size: int, socket_timeout: float | None, name: str = "hub"
 ) -> aioredis.Redis:
@@ -57,6 +63,7 @@ def connect(
         health_check_interval=0,
         retry=Retry(NoBackoff(), 0),
         client_name=name,
+        driver_info=_DRIVER_INFO,
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -112,25 +119,20 @@ class Store:
         )
         return cast(bytes, event_id).decode("ascii")
 
-    async def stream_state(self, account: str) -> StreamState:
-        """The account's epoch (created if missing) and stream head, read atomically."""
-        head, epoch = await self._read_head(keys.account_log(account), keys.account_epoch(account))
-        return StreamState(epoch=epoch, head=head)
+    async def stream_states(self, accounts: list[str]) -> list[StreamState]:
+        """Each account's epoch (created if missing) and stream head, in one atomic command."""
+        streams = [k for a in accounts for k in (keys.account_log(a), keys.account_epoch(a))]
+        replies = await self._head(keys=streams, args=[2])
+        return [StreamState(epoch=epoch, head=head) for head, epoch in map(_head, replies)]
 
     async def account_heads(self, accounts: list[str]) -> dict[str, StreamHead]:
-        """The heads of several accounts' streams, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for account in accounts:
-            await self._head(keys=[keys.account_log(account)], client=pipe)
-        replies = await pipe.execute()
+        """The heads of several accounts' streams, in one command."""
+        replies = await self._head(keys=[keys.account_log(a) for a in accounts], args=[1])
         return {account: _head(reply)[0] for account, reply in zip(accounts, replies, strict=True)}
 
     async def index_head(self) -> StreamHead:
-        head, _ = await self._read_head(keys.INDEX)
-        return head
-
-    async def _read_head(self, *stream_keys: str) -> tuple[StreamHead, str]:
-        return _head(await self._head(keys=list(stream_keys)))
+        (reply,) = await self._head(keys=[keys.INDEX], args=[1])
+        return _head(reply)[0]
 
     async def read_many(
         self, positions: list[tuple[str, StreamId]], count: int

@@ -8,13 +8,12 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub.aio import uncancellable
 from hub.auth import require
 from hub.cursor import Start, parse_last_id, resolve_start
 from hub.errors import BadRequest, Unavailable
 from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin, error_for
 from hub.session import Session
-from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE
+from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE, STREAM_STATES
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -94,7 +93,7 @@ async def _open(request: web.Request) -> tuple[Session, web.WebSocketResponse, S
     # instant from here on is either before the pinned position or wakes this session.
     registry.register(account, session.signal)
     try:
-        state = await uncancellable(request.app[STORE].stream_state(account))
+        state = await request.app[STREAM_STATES](account)
     except RedisError as error:
         registry.unregister(account, session.signal)
         raise Unavailable(f"Redis is unavailable: {error}") from None

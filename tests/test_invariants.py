@@ -261,3 +261,28 @@ async def test_a_session_that_cannot_read_for_too_long_closes_with_1013(
     message = await ws.receive(timeout=10)
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert (message.data, message.extra) == (CloseCode.TRY_AGAIN_LATER, last)
+
+
+async def test_sockets_opening_at_once_pin_their_starts_with_few_commands(
+    client: Client, redis_server: RedisServer
+) -> None:
+    accounts = [f"burst{n}" for n in range(40)]
+    # Each account has a history of its own length; each socket resumes from its middle.
+    history = {
+        a: publish_pairs(redis_server.client(), [(a, k) for k in range(n + 2)])
+        for n, a in enumerate(accounts)
+    }
+    before = redis_server.command_calls().get("evalsha", 0)
+
+    sockets = await asyncio.gather(
+        *(connect(client, a, f"?last_id={history[a][len(history[a]) // 2]}") for a in accounts)
+    )
+    opens = redis_server.command_calls()["evalsha"] - before
+    # One head script per open would be 40: opens that arrive while one is in flight share one.
+    assert opens <= 10, opens
+    for account, ws in zip(accounts, sockets, strict=True):
+        ids = history[account]
+        expected = ids[len(ids) // 2 + 1 :]
+        assert ws.welcome["recovered"] is True
+        events = await receive_events(ws, len(expected)) if expected else []
+        assert [e["id"] for e in events] == expected
