@@ -6,6 +6,7 @@ Server frames: `pong`, JSON control frames (each with an `op`), and event frames
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -111,6 +112,19 @@ def ack(ref: JSON, event_id: str) -> bytes:
 
 def error(ref: JSON, code: str, message: str) -> bytes:
     return orjson.dumps({"op": "error", "ref": ref, "code": code, "message": message})
+
+
+def text_frame(payload: bytes) -> bytes:
+    """`payload` as a server's WebSocket text frame, the bytes on the wire (RFC 6455 5.2):
+    final, unmasked, uncompressed. Identical for every socket, so built once per event."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 class CloseCode(IntEnum):

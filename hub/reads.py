@@ -23,6 +23,7 @@ import structlog
 from hub.aio import consume_result
 from hub.events import Event
 from hub.ids import StreamId
+from hub.protocol import text_frame
 from hub.registry import Registry, Signal
 from hub.store import Store
 
@@ -42,6 +43,8 @@ class Batch:
     full: bool  # COUNT reached: more may follow
     lost: bool  # events after the position were trimmed away unread
     _joined: bytes | None = field(default=None, repr=False)
+    _wire: bytes | None = field(default=None, repr=False)
+    _wire_joined: bytes | None = field(default=None, repr=False)
     _last: StreamId | None = field(default=None, repr=False)
 
     def joined(self) -> bytes:
@@ -49,6 +52,17 @@ class Batch:
         if self._joined is None:
             self._joined = b"[" + b",".join(self.frames) + b"]"
         return self._joined
+
+    def wire(self, *, joined: bool) -> bytes:
+        """The whole batch as WebSocket frames on the wire, one per event or one array
+        (`joined`): built once, then written to each socket in a single write."""
+        if joined:
+            if self._wire_joined is None:
+                self._wire_joined = text_frame(self.joined())
+            return self._wire_joined
+        if self._wire is None:
+            self._wire = b"".join(map(text_frame, self.frames))
+        return self._wire
 
     def position_after(self, sent: int) -> StreamId:
         """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
@@ -66,7 +80,7 @@ class Listener(Protocol):
     cursor: StreamId
     signal: Signal
 
-    async def push(self, cursor: StreamId, batch: Batch) -> bool:
+    def push(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver `batch` (read after `cursor`) now if that cannot wait on the client."""
         ...
 
@@ -145,7 +159,7 @@ class Reader:
             batch = None if future.exception() else future.result()
             for listener in listeners:
                 try:
-                    delivered = batch is not None and await listener.push(position[1], batch)
+                    delivered = batch is not None and listener.push(position[1], batch)
                 except Exception:
                     log.exception("push_failed", account=position[0])
                     delivered = False

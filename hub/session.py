@@ -10,7 +10,10 @@ close reason.
 One exception to "the delivery task writes": while a session is parked, the reader may write
 a batch it read for it (`push`), but only when the client's buffer is empty and can take the
 whole batch, so that the write cannot wait on this client. Otherwise the session is resumed
-and sends for itself.
+and sends for itself. Wakes go that way whenever the delivery task is idle: a wake that comes
+while it is busy is handed to the reader when it parks, so a steady flow of events does not
+keep every socket's task running. A batch that fits under the transport's high-water mark
+goes out in one write, framed once for all the sockets it reaches.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from contextlib import nullcontext
 from typing import Any
 
 import structlog
@@ -115,24 +117,23 @@ class Session:
     def _on_wake(self) -> None:
         if self._parked:
             self._reader.push(self)  # read for us, and deliver without waking this task
-        else:
-            self._poke()
+        # Otherwise the delivery task is busy: it finds the signal set before it parks again,
+        # and hands it to the reader then.
 
     def resume(self) -> None:
         """Read for ourselves: the reader could not deliver what it read for us."""
         self._resume_read = True
         self._poke()
 
-    async def push(self, cursor: StreamId, batch: Batch) -> bool:
+    def push(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
-        client's buffer can take all of it at once (then no send can wait on the client)."""
+        client's buffer can take all of it at once (then the write cannot wait on the client)."""
         if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
             return False
         if self._replies or not self._fits_in_buffer(batch.size, empty=True):
             return False
         if batch.frames:
-            for frame in self._frames(batch):
-                await self._send(frame)
+            self._write_whole(batch)
             self.cursor = batch.position_after(len(batch.ids))
         return not batch.full
 
@@ -196,9 +197,13 @@ class Session:
                     await self._send_replies()  # between batches: a backlog never starves them
                 if read_now or self._stop is not None:
                     continue
-                if not (self.signal.pending or self._replies or self._resume_read or self._poked):
-                    # Park until poked (inline, not a helper: a frame less per socket).
+                if not (self._replies or self._resume_read or self._poked):
+                    # Park until poked (inline, not a helper: a frame less per socket). A wake
+                    # that came while we were busy goes to the reader, as the next ones will:
+                    # it reads for us and writes without waking this task.
                     self._parked = True
+                    if self.signal.pending:
+                        self._reader.push(self)
                     self._waiter = asyncio.get_running_loop().create_future()
                     try:
                         await self._waiter
@@ -231,12 +236,17 @@ class Session:
             self.log.info("session_lagged", cursor=str(self.cursor))
             self.stop(CloseCode.LAGGED)
             return False
+        if not batch.frames:
+            return False
+        if self._fits_in_buffer(batch.size):
+            # Below the high-water mark nothing waits: the whole batch in one write.
+            self._write_whole(batch)
+            self.cursor = batch.position_after(len(batch.ids))
+            return batch.full and self._stop is None
         frames = self._frames(batch)
-        # Below the high-water mark no send can wait, so no timer is needed.
-        fits = self._fits_in_buffer(batch.size)
         written = 0
         try:
-            async with nullcontext() if fits else asyncio.timeout(self._settings.send_timeout):
+            async with asyncio.timeout(self._settings.send_timeout):
                 for frame in frames:
                     # aiohttp hands the whole frame to the transport before it waits for the
                     # buffer to drain: a send cut short by the timeout still delivers it.
@@ -251,6 +261,14 @@ class Session:
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
 
+    def _write_whole(self, batch: Batch) -> None:
+        """Hand the batch, framed once for every socket, to the transport in one write: one
+        system call for all its events. Only for a batch that fits under the high-water mark."""
+        ws, transport = self._ws, self._request.transport if self._request else None
+        if ws is None or ws.closed or transport is None or transport.is_closing():
+            raise ConnectionResetError("the socket is closing")
+        transport.write(batch.wire(joined=self.batched))
+
     def _frames(self, batch: Batch) -> list[bytes]:
         """The batch as this client takes it: one frame per event, or one array (batch=1)."""
         return [batch.joined()] if self.batched and batch.frames else batch.frames
@@ -263,7 +281,7 @@ class Session:
         its low-water mark, and then even a small send could wait.
         """
         transport = self._request.transport if self._request else None
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._ws is None or self._ws.closed:
             return False
         buffered = transport.get_write_buffer_size()
         if empty and buffered:

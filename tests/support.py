@@ -205,12 +205,13 @@ def publish_many(
 def publish_pairs(
     redis_client: redis.Redis, events: list[tuple[str, Any]], retention: int = 10_000
 ) -> list[str]:
-    """Publish (account, payload) pairs through the publish script in one pipeline."""
+    """Publish (account, payload) pairs through the publish script in one transaction: the
+    notifier sees them all in one batch."""
     from hub import keys
     from hub.store import PUBLISH_SCRIPT
 
     script = redis_client.register_script(PUBLISH_SCRIPT)
-    pipe = redis_client.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=True)
     for account, payload in events:
         script(
             keys=[keys.account_log(account), keys.INDEX, keys.account_epoch(account)],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import jwt
 import orjson
 import pytest
+from aiohttp import WSMsgType
+from aiohttp.http import WebSocketWriter
 
 from hub import protocol
 from hub.auth import Claims, mint, parse_publish_list, verify
@@ -203,3 +206,26 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     dotenv.write_text("nonsense\n")
     with pytest.raises(ConfigError, match=r"\.env:1"):
         load_settings({}, dotenv=dotenv)
+
+
+class _Collect(asyncio.Transport):
+    """A transport that keeps what is written: aiohttp's own frames, to compare ours with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 200_000])
+async def test_text_frames_are_the_bytes_aiohttp_would_write(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    transport = _Collect()
+    writer = WebSocketWriter(None, transport, limit=10**9)  # type: ignore[arg-type]
+    await writer.send_frame(payload, WSMsgType.TEXT)
+    assert protocol.text_frame(payload) == bytes(transport.data)

@@ -85,3 +85,24 @@ async def test_a_client_that_lags_past_retention_is_closed_with_4009(
         f"/ws/1?last_id={close.extra}&epoch={welcome['epoch']}", headers=bearer("1")
     )
     assert (await receive_json(again))["recovered"] is False
+
+
+async def test_an_event_published_while_the_session_is_busy_sending_is_delivered(
+    make_client: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    """A wake that comes while the delivery task waits on a slow client is not lost: the task
+    finds the signal set when it is done, and has the reader read for it."""
+    client = await make_client(settings, read_batch=100)
+    ws = await client.ws_connect("/ws/busy", headers=bearer("busy"))
+    await receive_json(ws)
+    redis = redis_server.client()
+    # 99 events (< 100: the read is not full, so no read follows unless woken), ~20 MB: too
+    # much for the reader to push, so the session reads them itself, and its send blocks.
+    backlog = publish_many(redis, "busy", [BIG * 2] * 99)
+    # The first of them arriving proves that read was answered; this event wakes the session
+    # while it waits on the client.
+    received = [(await receive_json(ws))["id"]]
+    [late] = publish_many(redis, "busy", ["late"])
+
+    received += [(await receive_json(ws))["id"] for _ in range(99)]
+    assert received == [*backlog, late]
