@@ -51,6 +51,7 @@ class Session:
         "_failing_since",
         "_parked",
         "_poked",
+        "_pushing",
         "_read_backoff",
         "_reader",
         "_replies",
@@ -94,6 +95,7 @@ class Session:
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._poked = False  # something for the delivery task (replies, stop, resume)
         self._parked = False  # waiting for a wake, with nothing to send
+        self._pushing = False  # the reader is reading for us (see `_push`)
         self._resume_read = False  # the reader could not deliver a push: read ourselves
         self._replies: deque[bytes] | None = None
         self._room: asyncio.Event | None = None  # set when a full reply queue drains
@@ -115,19 +117,27 @@ class Session:
             waiter.set_result(None)
 
     def _on_wake(self) -> None:
-        if self._parked:
-            self._reader.push(self)  # read for us, and deliver without waking this task
-        # Otherwise the delivery task is busy: it finds the signal set before it parks again,
-        # and hands it to the reader then.
+        if self._parked and not self._pushing:
+            self._push()
+        # Otherwise the delivery task is busy, or a read for us is on its way: the signal
+        # stays set, and goes to the reader when the task parks or that read is delivered.
+
+    def _push(self) -> None:
+        """Have the reader read for us and deliver without waking this task. One such read at
+        a time: a second one, sent before the first is delivered, would read the same events."""
+        self._pushing = True
+        self._reader.push(self)
 
     def resume(self) -> None:
         """Read for ourselves: the reader could not deliver what it read for us."""
+        self._pushing = False
         self._resume_read = True
         self._poke()
 
     def push(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
         client's buffer can take all of it at once (then the write cannot wait on the client)."""
+        self._pushing = False
         if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
             return False
         if self._replies or not self._fits_in_buffer(batch.size, empty=True):
@@ -135,7 +145,11 @@ class Session:
         if batch.frames:
             self._write_whole(batch)
             self.cursor = batch.position_after(len(batch.ids))
-        return not batch.full
+        if batch.full:
+            return False
+        if self.signal.pending:
+            self._push()  # woken while that read was on its way
+        return True
 
     @property
     def stopping(self) -> CloseCode | None:
@@ -202,8 +216,8 @@ class Session:
                     # that came while we were busy goes to the reader, as the next ones will:
                     # it reads for us and writes without waking this task.
                     self._parked = True
-                    if self.signal.pending:
-                        self._reader.push(self)
+                    if self.signal.pending and not self._pushing:
+                        self._push()
                     self._waiter = asyncio.get_running_loop().create_future()
                     try:
                         await self._waiter

@@ -286,3 +286,24 @@ async def test_sockets_opening_at_once_pin_their_starts_with_few_commands(
         assert ws.welcome["recovered"] is True
         events = await receive_events(ws, len(expected)) if expected else []
         assert [e["id"] for e in events] == expected
+
+
+async def test_a_steady_flow_reaches_every_socket_whole_and_in_order(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """Wakes keep coming while reads for the same sessions are on their way (pushed or read
+    by the sessions themselves): none may be lost, nothing may be sent twice."""
+    accounts = [f"flow{n}" for n in range(20)]
+    sockets = {a: [await connect(client, a) for _ in range(5)] for a in accounts}
+    redis = redis_server.client()
+    published: dict[str, list[str]] = {a: [] for a in accounts}
+    for round_ in range(150):
+        pairs = [(a, round_) for a in accounts[round_ % 3 :: 2]]
+        for (account, _), event_id in zip(pairs, publish_pairs(redis, pairs), strict=True):
+            published[account].append(event_id)
+        await asyncio.sleep(0.001 * (round_ % 4))
+
+    for account, expected in published.items():
+        for ws in sockets[account]:
+            events = await receive_events(ws, len(expected))
+            assert [e["id"] for e in events] == expected
