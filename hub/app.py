@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub.aio import Coalesced
+from hub.aio import Coalesced, consume_result
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
 from hub.http import json_router_errors
@@ -96,9 +96,11 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
         log.warning("auth_off", detail="HUB_AUTH=off: any client may open any account's socket")
     log.info("hub_started", host=settings.host, port=settings.port)
     yield
+    notifier.stop()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    task.add_done_callback(consume_result)
+    # If the cancellation was lost, the loop still ends when its BLOCK does (see `stop`).
+    await asyncio.wait({task}, timeout=settings.block_ms / 1000 + 1)
     await reader.close()
     await stream_states.close()
     await blocking.aclose(close_connection_pool=True)

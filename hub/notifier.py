@@ -51,6 +51,7 @@ class Notifier:
         self._clock = clock
         self.position: StreamId | None = None
         self.last_read_at: float | None = None
+        self._stopping = False
 
     def healthy(self) -> bool:
         """Whether a read completed within the BLOCK timeout plus 5 seconds."""
@@ -62,10 +63,15 @@ class Notifier:
         """Pin the index position before sessions are accepted, so no event slips between."""
         self.position = await self._store.index_tail()
 
+    def stop(self) -> None:
+        """End `run` at its next step. Cancelling its task is not enough on its own: redis-py
+        can lose a cancellation that lands mid-command, and the loop would go on forever."""
+        self._stopping = True
+
     async def run(self) -> None:
         backoff = Backoff()
         in_doubt = True  # after a (re)start: read at once, then wake everyone
-        while True:
+        while not self._stopping:
             try:
                 if self.position is None:
                     await self.start_position()

@@ -10,8 +10,12 @@ import aiohttp
 import pytest
 
 from hub.config import Settings
+from hub.notifier import Notifier
 from hub.protocol import CloseCode
+from hub.registry import Registry
 from hub.state import READER, REGISTRY, SESSIONS, STORE
+from hub.store import Store
+from hub.store import connect as connect_redis
 from tests.support import (
     Monitor,
     RedisServer,
@@ -307,3 +311,22 @@ async def test_a_steady_flow_reaches_every_socket_whole_and_in_order(
         for ws in sockets[account]:
             events = await receive_events(ws, len(expected))
             assert [e["id"] for e in events] == expected
+
+
+async def test_the_notifier_stops_at_the_end_of_its_block_without_a_cancellation(
+    redis_url: str,
+) -> None:
+    """Shutdown must not hang on a cancellation lost inside a Redis command: the stop flag
+    alone ends the loop."""
+    redis = connect_redis(redis_url, pool_size=1, socket_timeout=5)
+    notifier = Notifier(
+        Store(redis, retention=100, index_retention=100), Registry(), block_ms=200, batch=10
+    )
+    task = asyncio.create_task(notifier.run())
+    try:
+        await wait_until(lambda: notifier.last_read_at is not None, what="a first read")
+        notifier.stop()
+        await asyncio.wait_for(task, timeout=2)  # one BLOCK (0.2 s) at most
+    finally:
+        task.cancel()
+        await redis.aclose(close_connection_pool=True)
