@@ -122,6 +122,9 @@ class Publisher:
 
     async def run(self, accounts: list[str], rate: float, count: int) -> Published:
         """Publish `count` events round-robin over `accounts`, `rate` per second."""
+        if count == 0:  # an idle run: not even a connection, so as not to count its commands
+            self.result.started = self.result.finished = time.time()
+            return self.result
         if self.firehose is not None:
             return await self._run_firehose(self.firehose, accounts, rate, count)
         if self.redis_url is not None:
