@@ -53,7 +53,7 @@ async def test_loadtest_measures_a_hub(
 async def test_benchmark_compares_the_hub_with_the_floor(tmp_path: Path) -> None:
     # fmt: off
     code, output = await run(
-        "scripts/bench/run.py", "--scale", "0.02", "--workloads", "burst",
+        "scripts/bench/run.py", "--scale", "0.02", "--workloads", "burst", "half load",
         "--only", "hub", "floor", "--out", str(tmp_path),
     )
     # fmt: on
@@ -61,8 +61,12 @@ async def test_benchmark_compares_the_hub_with_the_floor(tmp_path: Path) -> None
     table = (tmp_path / "bench.md").read_text()
     assert "| delivered/s |" in table
     assert "hub ÷ floor" in table
-    results = json.loads((tmp_path / "bench.json").read_text())["results"]["burst"]
-    for implementation in ("hub", "floor"):
-        summary = results[implementation]
-        assert summary["lost"] == summary["duplicated"] == summary["reordered"] == 0
-        assert summary["delivered"] == summary["expected_deliveries"] > 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    for workload in ("burst", "half load"):
+        for implementation in ("hub", "floor"):
+            summary = bench["results"][workload][implementation]
+            assert summary["lost"] == summary["duplicated"] == summary["reordered"] == 0
+            assert summary["delivered"] == summary["expected_deliveries"] > 0
+    # Half load: half the hub's burst throughput, over 20 sockets on 2 accounts (10 per event).
+    half = round(bench["results"]["burst"]["hub"]["delivered_per_s"] / 2 / 10)
+    assert f"{half:,} events/s" in bench["workloads"]["half load"]
