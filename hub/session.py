@@ -140,10 +140,11 @@ class Session:
         self._pushing = False
         if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
             return False
-        if self._replies or not self._fits_in_buffer(batch.size, empty=True):
+        transport = None if self._replies else self._room_for(batch.size, empty=True)
+        if transport is None:
             return False
         if batch.frames:
-            self._write_whole(batch)
+            self._write_whole(transport, batch)
             self.cursor = batch.position_after(len(batch.ids))
         if batch.full:
             return False
@@ -252,9 +253,10 @@ class Session:
             return False
         if not batch.frames:
             return False
-        if self._fits_in_buffer(batch.size):
+        transport = self._room_for(batch.size)
+        if transport is not None:
             # Below the high-water mark nothing waits: the whole batch in one write.
-            self._write_whole(batch)
+            self._write_whole(transport, batch)
             self.cursor = batch.position_after(len(batch.ids))
             return batch.full and self._stop is None
         frames = self._frames(batch)
@@ -275,33 +277,30 @@ class Session:
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
 
-    def _write_whole(self, batch: Batch) -> None:
+    def _write_whole(self, transport: asyncio.Transport, batch: Batch) -> None:
         """Hand the batch, framed once for every socket, to the transport in one write: one
-        system call for all its events. Only for a batch that fits under the high-water mark."""
-        ws, transport = self._ws, self._request.transport if self._request else None
-        if ws is None or ws.closed or transport is None or transport.is_closing():
-            raise ConnectionResetError("the socket is closing")
+        system call for all its events. Only with a transport `_room_for` gave for it."""
         transport.write(batch.wire(joined=self.batched))
 
     def _frames(self, batch: Batch) -> list[bytes]:
         """The batch as this client takes it: one frame per event, or one array (batch=1)."""
         return [batch.joined()] if self.batched and batch.frames else batch.frames
 
-    def _fits_in_buffer(self, size: int, *, empty: bool = False) -> bool:
-        """Whether `size` more bytes stay under the transport's high-water mark.
+    def _room_for(self, size: int, *, empty: bool = False) -> asyncio.Transport | None:
+        """The socket's open transport if `size` more bytes stay under its high-water mark.
 
-        Below it the transport never pauses, so aiohttp's sends return without waiting. With
-        `empty`, the buffer must also be empty: a transport paused earlier resumes only at
-        its low-water mark, and then even a small send could wait.
+        Below it the transport never pauses, so writes and aiohttp's sends return without
+        waiting. With `empty`, the buffer must also be empty: a transport paused earlier
+        resumes only at its low-water mark, and then even a small send could wait.
         """
         transport = self._request.transport if self._request else None
         if transport is None or transport.is_closing() or self._ws is None or self._ws.closed:
-            return False
+            return None
         buffered = transport.get_write_buffer_size()
         if empty and buffered:
-            return False
+            return None
         _, high = transport.get_write_buffer_limits()
-        return bool(buffered + size <= high)
+        return transport if buffered + size <= high else None
 
     def _read_failed(self, error: Exception) -> None:
         now = time.monotonic()

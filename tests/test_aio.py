@@ -26,12 +26,17 @@ class Doubler:
         return [2 * k for k in keys]
 
 
+async def callers_then_call() -> None:
+    """Two loop turns: the callers queue their keys, then the batch's call starts."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 async def test_a_lone_call_goes_at_once_and_calls_during_it_go_together_next() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=100)
     first = asyncio.create_task(coalesced(1))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await callers_then_call()
     assert call.batches == [[1]]
     later = [asyncio.create_task(coalesced(k)) for k in (2, 3, 4)]
     await asyncio.sleep(0)
@@ -65,8 +70,7 @@ async def test_a_cancelled_caller_leaves_its_batch_alone() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=10)
     tasks = [asyncio.create_task(coalesced(k)) for k in range(3)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await callers_then_call()
     tasks[1].cancel()
     call.release.set()
     assert await tasks[0] == 0
@@ -80,8 +84,7 @@ async def test_close_cancels_the_call_in_flight_and_its_callers() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=10)
     waiting = asyncio.create_task(coalesced(1))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await callers_then_call()
     await coalesced.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
