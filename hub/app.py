@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from hub.aio import Coalesced, consume_result
@@ -40,8 +40,14 @@ MAX_OPENS_PER_COMMAND = 256  # accounts whose heads one script call reads (Redis
 def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
     """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own."""
     settings.check_serving()
-    app = web.Application(client_max_size=max(settings.max_message, 1024))
+    app = web.Application(
+        client_max_size=max(settings.max_message, 1024),
+        # aiohttp closes a connection that sends no complete request for this long, which
+        # bounds how long request headers may trickle in (the body has `body_timeout`).
+        handler_args={"keepalive_timeout": settings.header_timeout},
+    )
     app.on_response_prepare.append(json_router_errors)
+    app.on_response_prepare.append(_server_header)
     app[SETTINGS] = settings
     app[REGISTRY] = Registry()
     app[SESSIONS] = set()
@@ -55,6 +61,11 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app.add_routes(http_routes)
     app.add_routes(ws_routes)
     return app
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    """Name the hub, not the versions of Python and aiohttp it runs on."""
+    response.headers[hdrs.SERVER] = "hub"
 
 
 async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
@@ -72,7 +83,7 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
 async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     url = app[REDIS_URL]
-    pool = connect(url, pool_size=settings.redis_pool_size, socket_timeout=10)
+    pool = connect(url, pool_size=settings.redis_pool_size, socket_timeout=settings.redis_timeout)
     # The notifier's own connection: its socket timeout must outlast the BLOCK.
     blocking = connect(
         url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10, name="hub-notifier"

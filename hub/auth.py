@@ -15,6 +15,7 @@ from hub.errors import BadRequest, Forbidden, Unauthorized
 from hub.ids import validate_account_id
 
 ALGORITHM = "HS256"
+MAX_EXPIRY = 253_402_300_799  # 9999-12-31T23:59:59Z: beyond it a timer cannot be set
 EVERYWHERE = "*"
 
 
@@ -61,8 +62,14 @@ def verify(token: str, secret: str, now: float) -> Claims:
     except jwt.PyJWTError as error:
         raise Unauthorized(f"invalid token: {error}", code="invalid_token") from None
     exp = claims["exp"]
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise Unauthorized("invalid token: 'exp' must be a number", code="invalid_token")
+    if (
+        not isinstance(exp, int | float)
+        or isinstance(exp, bool)
+        or not -MAX_EXPIRY <= exp <= MAX_EXPIRY  # also false for NaN
+    ):
+        raise Unauthorized(
+            "invalid token: 'exp' must be a Unix time before the year 10000", code="invalid_token"
+        )
     if exp <= now:
         raise Unauthorized("the token has expired", code="token_expired")
     subject = claims["sub"]

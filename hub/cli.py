@@ -14,11 +14,10 @@ from hub import logs
 from hub.auth import mint, parse_publish_list
 from hub.config import Settings, load_settings
 from hub.errors import HubError
-from hub.events import JSON, validate_type
+from hub.events import encode_payload, parse_json, validate_type
 from hub.ids import validate_account_id
 
 DEFAULT_TTL = 3600
-LISTEN_BACKLOG = 4096  # connection bursts: the default 128 drops SYNs, costing clients 1 s
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,9 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
-    from aiohttp import web
-
     from hub.app import create_app
+    from hub.server import serve
 
     settings = settings.with_overrides(host=host, port=port)
     logs.configure(settings.log_level)
@@ -71,15 +69,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         pass
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log_class=logs.AccessLogger,
-        print=None,
-        shutdown_timeout=settings.shutdown_grace,
-        backlog=LISTEN_BACKLOG,
-    )
+    asyncio.run(serve(create_app(settings), settings))
 
 
 def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:
@@ -89,11 +79,12 @@ def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:
     return mint(settings.secret, subject, time.time(), ttl, rights)
 
 
-def _payload(text: str) -> JSON:
+def _payload(text: str) -> bytes:
+    """PAYLOAD as JSON text, or as a JSON string when it is not JSON."""
     try:
-        return orjson.loads(text)
+        return encode_payload(parse_json(text))
     except orjson.JSONDecodeError:
-        return text
+        return encode_payload(text)
 
 
 async def _publish(settings: Settings, account: str, event_type: str, payload: str) -> str:
@@ -104,11 +95,12 @@ async def _publish(settings: Settings, account: str, event_type: str, payload: s
 
     validate_account_id(account)
     validate_type(event_type)
+    data = _payload(payload)
     url = settings.redis_url or require_running(settings.data_dir)
     redis = connect(url, pool_size=1, socket_timeout=10)
     try:
         store = Store(redis, retention=settings.retention, index_retention=settings.index_retention)
-        return await store.publish(account, event_type, _payload(payload))
+        return await store.publish(account, event_type, data)
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     finally:

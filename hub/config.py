@@ -16,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from hub.errors import ConfigError
+from hub.ids import parse_decimal
 
 MIN_SECRET_LENGTH = 32
 T = TypeVar("T")
@@ -50,6 +51,9 @@ class Settings:
     heartbeat: float = 25.0  # below the 60 s idle timeout of common proxies
     redis_pool_size: int = 64
     shutdown_grace: float = 5.0
+    body_timeout: float = 10.0  # a request body must arrive within this (408 otherwise)
+    header_timeout: float = 75.0  # request headers, and idle keep-alive connections
+    redis_timeout: float = 10.0  # a command unanswered this long: the publish is 504
 
     @property
     def session_batch(self) -> int:
@@ -161,11 +165,8 @@ def _port(name: str, value: str) -> int:
 
 def _int_at_least(minimum: int) -> Callable[[str, str], int]:
     def parse(name: str, value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum:
+        number = parse_decimal(value.strip())
+        if number is None or number < minimum:
             raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
         return number
 

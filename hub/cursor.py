@@ -46,6 +46,13 @@ class StreamHead:
     first_retained: StreamId | None  # None when the stream holds no entry
     trimmed: bool  # whether any entry was ever removed (entries-added > length)
 
+    def should_hold(self, position: StreamId) -> bool:
+        """Whether an entry at `position`, if the stream ever had one, is still retained:
+        trimming removes only the oldest entries."""
+        if self.first_retained is None:
+            return False
+        return position >= self.first_retained or not self.trimmed
+
     def lost_after(self, position: StreamId) -> bool:
         """Whether an entry after `position` may have been removed from the stream."""
         if not self.trimmed:
@@ -61,6 +68,7 @@ class StreamState:
 
     epoch: str
     head: StreamHead
+    holds_position: bool = False  # the stream has an entry at the position the client gave
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +92,15 @@ def resolve_start(requested: Requested, state: StreamState, epoch: str | None) -
     lost = position > head.last_generated
     if lost:
         position = head.last_generated
+    elif position != ZERO and head.should_hold(position) and not state.holds_position:
+        # The client's position should be in the stream and is not: Redis lost it (restarted
+        # without it, say), and with it maybe events after it. Deliver from there, and say so.
+        lost = True
     if epoch is not None and epoch != state.epoch:
         lost = True
     lost = lost or head.lost_after(position)
     cursor = position
-    if head.first_retained is not None and position < head.first_retained:
+    if head.trimmed and head.first_retained is not None and position < head.first_retained:
         # Start just before the first retained entry, so that a later `lost_after` check
         # compares against a position the stream still agrees with.
         cursor = head.first_retained.prev()

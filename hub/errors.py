@@ -6,8 +6,10 @@ HubError
     ├── BadRequest       400: malformed body, query, account or stream ID
     ├── Unauthorized     401: no token, or an invalid or expired one
     ├── Forbidden        403: the token lacks the right, or the Origin is not allowed
+    ├── RequestTimeout   408: the request body did not arrive in time
     ├── EmailTaken       409: the address is reserved by another account
-    └── Unavailable      503: Redis does not answer
+    ├── Unavailable      503: Redis was not reached; nothing was done, retry later
+    └── OutcomeUnknown   504: a command was sent and no answer came; it may have run
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class Forbidden(RequestError):
     code = "forbidden"
 
 
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
 class EmailTaken(RequestError):
     status = 409
     code = "email_taken"
@@ -57,3 +64,8 @@ class EmailTaken(RequestError):
 class Unavailable(RequestError):
     status = 503
     code = "unavailable"
+
+
+class OutcomeUnknown(RequestError):
+    status = 504
+    code = "outcome_unknown"

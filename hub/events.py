@@ -1,12 +1,17 @@
-"""Events: stream fields to wire JSON and back, no I/O.
+"""Events: payloads in, stream fields to wire JSON out. No I/O.
 
-A payload is stored as text. The hub always stores JSON text. When reading, a payload that
-parses as JSON (RFC 8259, any value) is delivered as that value; any other text, which only
-another producer can have written, is delivered as a string.
+A payload is stored as JSON text. The hub accepts only payloads it can store and deliver
+exactly: no nesting deeper than orjson encodes, no integer outside the 64-bit range (orjson
+would read it as a float and change it silently). On the way out a stored payload that is
+JSON is spliced into the event frame as stored, never decoded and encoded again, so that
+whatever was accepted can be delivered; any other text, which only another producer can have
+written, is delivered as a JSON string.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,19 +24,65 @@ JSON = Any
 """Any value orjson can encode: dict, list, str, int, float, bool or None."""
 
 MAX_TYPE_LENGTH = 256
+MAX_DEPTH = 254  # orjson's limit on nesting when encoding
+# Integers beyond 64 bits have at least 19 digits: only text with such a run of digits (rare)
+# is parsed a second time, exactly, by the standard library.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+# A client decoding a frame (or a history page, three levels deeper) with orjson stops at
+# 1,024 levels: a payload another producer stored deeper than that travels as a string.
+_WIRE_DEPTH_MARGIN = 3
+_DEEP_CHECK_FROM = 1024 - _WIRE_DEPTH_MARGIN  # bytes: less text cannot nest that deep
+
+
+def parse_json(text: str | bytes) -> JSON:
+    """JSON text as a value, every integer exact; raise `orjson.JSONDecodeError` if invalid."""
+    value = orjson.loads(text)
+    long = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
+    if long.search(text):  # type: ignore[arg-type]
+        try:
+            value = json.loads(text)  # orjson has already rejected what is not JSON
+        except RecursionError:
+            raise orjson.JSONDecodeError("nesting too deep", "", 0) from None
+    return value
 
 
 def encode_payload(value: JSON) -> bytes:
-    """The stored form of a payload: compact JSON text."""
-    return orjson.dumps(value)
+    """The stored form of a payload: compact JSON text; BadRequest if it cannot be stored."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise BadRequest(
+            f"the payload cannot be stored: it must nest at most {MAX_DEPTH} levels deep and "
+            "hold integers within the 64-bit range",
+            code="invalid_payload",
+        ) from None
+
+
+def payload_json(raw: bytes | None) -> bytes:
+    """A stored payload as JSON text for the wire: itself if it is JSON, else a string."""
+    if raw is None:
+        return b"null"
+    try:
+        orjson.loads(raw)
+        if len(raw) >= _DEEP_CHECK_FROM:
+            orjson.loads(b"[" * _WIRE_DEPTH_MARGIN + raw + b"]" * _WIRE_DEPTH_MARGIN)
+    except orjson.JSONDecodeError:
+        return orjson.dumps(raw.decode("utf-8", "replace"))
+    return raw
 
 
 def decode_payload(raw: bytes) -> JSON:
     """A stored payload as clients see it: its JSON value, or the text itself."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", "replace")
+    return orjson.loads(payload_json(raw))
+
+
+def event_frame(entry_id: bytes, fields: Mapping[bytes, bytes]) -> bytes:
+    """The event frame sent to sockets, `{"id", "type", "payload"}` (never an `op`), built from
+    the stored bytes; a missing `type` is "" and a missing payload null."""
+    event_type = orjson.dumps(fields.get(b"type", b"").decode("utf-8", "replace"))
+    payload = payload_json(fields.get(b"payload"))
+    return b'{"id":"%b","type":%b,"payload":%b}' % (entry_id, event_type, payload)
 
 
 def validate_type(value: object) -> str:
@@ -45,7 +96,7 @@ def validate_type(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One entry of an account's stream."""
+    """One entry of an account's stream, decoded."""
 
     id: str
     type: str
@@ -53,17 +104,11 @@ class Event:
 
     @classmethod
     def from_entry(cls, entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
-        """Build from a raw stream entry; a missing `type` is "" and a missing payload null."""
-        raw_payload = fields.get(b"payload")
-        return cls(
-            id=entry_id.decode("ascii"),
-            type=fields.get(b"type", b"").decode("utf-8", "replace"),
-            payload=None if raw_payload is None else decode_payload(raw_payload),
-        )
+        """Decode a raw stream entry, as a client decodes its frame."""
+        return cls(**orjson.loads(event_frame(entry_id, fields)))
 
     def as_dict(self) -> dict[str, JSON]:
         return {"id": self.id, "type": self.type, "payload": self.payload}
 
     def to_frame(self) -> bytes:
-        """The event frame sent to sockets: `{"id", "type", "payload"}`, never an `op`."""
         return orjson.dumps(self.as_dict())

@@ -5,6 +5,7 @@ Handlers are thin: parse, check the token's rights, call the store, write JSON.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from typing import Any
@@ -18,9 +19,9 @@ from redis.exceptions import RedisError
 from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
-from hub.errors import BadRequest, Forbidden, RequestError, Unauthorized
-from hub.events import JSON, validate_type
-from hub.ids import ZERO, StreamId, normalize_email, validate_account_id
+from hub.errors import BadRequest, Forbidden, RequestError, RequestTimeout, Unauthorized
+from hub.events import JSON, encode_payload, parse_json, validate_type
+from hub.ids import ZERO, StreamId, normalize_email, parse_decimal, validate_account_id
 from hub.state import NOTIFIER, SETTINGS, STORE
 from hub.store import UNAVAILABLE
 
@@ -133,8 +134,17 @@ def check_origin(request: web.Request) -> None:
 
 
 async def json_body(request: web.Request) -> dict[str, JSON]:
+    """The request's JSON object, read within `body_timeout` (a body that trickles in is
+    refused with 408 rather than holding the connection)."""
     try:
-        body = orjson.loads(await request.read())
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()  # the rest of the body is unread: no keep-alive
+        raise RequestTimeout("the request body did not arrive in time") from None
+    try:
+        body = parse_json(raw)
     except orjson.JSONDecodeError:
         raise BadRequest("the body must be a JSON object", code="invalid_body") from None
     if not isinstance(body, dict):
@@ -178,9 +188,8 @@ async def publish(request: web.Request) -> web.Response:
     require(claims.may_publish(account), f"publishing to account {account}")
     body = await json_body(request)
     event_type = validate_type(body.get("type"))
-    event_id = await uncancellable(
-        request.app[STORE].publish(account, event_type, body.get("payload"))
-    )
+    payload = encode_payload(body.get("payload"))
+    event_id = await uncancellable(request.app[STORE].publish(account, event_type, payload))
     return json_response({"id": event_id}, status=201)
 
 
@@ -193,18 +202,21 @@ async def history(request: web.Request) -> web.Response:
     after = request.query.get("after", "0")
     after_id = ZERO if after == "0" else StreamId.parse(after)
     limit = _limit(request.query.get("limit"))
-    events = await uncancellable(request.app[STORE].history(account, after_id, limit))
-    return json_response({"events": [event.as_dict() for event in events]})
+    frames = await uncancellable(request.app[STORE].history(account, after_id, limit))
+    # The stored payloads go out as stored: spliced, never decoded and encoded again.
+    body = b'{"events":[' + b",".join(frames) + b"]}"
+    return web.Response(body=body, content_type="application/json")
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_HISTORY_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_HISTORY_LIMIT:
+    limit = parse_decimal(value)
+    if limit is None or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise BadRequest(
             f"'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}", code="invalid_limit"
         )
-    return int(value)
+    return limit
 
 
 @routes.post("/accounts")

@@ -12,7 +12,17 @@ _MAX_PART = 2**64 - 1
 # No key separators, glob or hash-tag characters, whitespace or control characters: an
 # account ID is spliced into key names, so it must never be able to forge another key.
 _FORBIDDEN = re.compile(r"[:*{}\s\x00-\x1f\x7f]")
-_STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+# ASCII digits only: `\d` and `int()` also take other scripts' digits (fullwidth, Arabic-Indic,
+# superscripts).
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def parse_decimal(text: str | None) -> int | None:
+    """A non-negative integer written in ASCII digits (at most 18), or None for anything else."""
+    if text is None or _DECIMAL.fullmatch(text) is None:
+        return None
+    return int(text)
 
 
 def validate_account_id(value: str) -> str:
@@ -73,6 +83,7 @@ class StreamId:
 
 
 ZERO = StreamId(0, 0)
+MAX_ID = StreamId(_MAX_PART, _MAX_PART)
 
 
 def trimmed_past(first_retained: StreamId | None, position: StreamId) -> bool:

@@ -6,7 +6,6 @@ Server frames: `pong`, JSON control frames (each with an `op`), and event frames
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import orjson
 
 from hub.errors import BadRequest
-from hub.events import JSON, validate_type
+from hub.events import JSON, encode_payload, parse_json, validate_type
 from hub.ids import StreamId, validate_account_id
 
 PONG = "pong"
@@ -32,7 +31,7 @@ class Publish:
 
     to: str
     type: str
-    payload: JSON
+    payload: bytes  # JSON text, checked storable (`encode_payload`)
     ref: JSON = None
     acknowledge: bool = True  # the seed's `event:` form gets no reply on success
 
@@ -62,10 +61,13 @@ def parse_message(text: str, sender: str) -> ClientMessage:
         except BadRequest as error:
             return Invalid(error.code, error.message)
         return Publish(
-            recipient, SEED_EVENT_TYPE, seed_payload(recipient, sender), acknowledge=False
+            recipient,
+            SEED_EVENT_TYPE,
+            encode_payload(seed_payload(recipient, sender)),
+            acknowledge=False,
         )
     try:
-        message = orjson.loads(text)
+        message = parse_json(text)
     except orjson.JSONDecodeError:
         return Invalid(
             "invalid_message", "expected 'ping', 'event:<account>' or a JSON object with an 'op'"
@@ -89,9 +91,10 @@ def _parse_op(message: dict[str, Any]) -> ClientMessage:
         return Invalid(error.code, error.message, ref)
     try:
         event_type = validate_type(message.get("type"))
+        payload = encode_payload(message.get("payload"))
     except BadRequest as error:
         return Invalid(error.code, error.message, ref)
-    return Publish(to, event_type, message.get("payload"), ref)
+    return Publish(to, event_type, payload, ref)
 
 
 def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> bytes:
@@ -114,23 +117,11 @@ def error(ref: JSON, code: str, message: str) -> bytes:
     return orjson.dumps({"op": "error", "ref": ref, "code": code, "message": message})
 
 
-def text_frame(payload: bytes) -> bytes:
-    """`payload` as a server's WebSocket text frame, the bytes on the wire (RFC 6455 5.2):
-    final, unmasked, uncompressed. Identical for every socket, so built once per event."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
 class CloseCode(IntEnum):
     """WebSocket close codes the hub sends; the reason of each carries the last delivered ID."""
 
     GOING_AWAY = 1001  # the hub is shutting down: reconnect (to any hub) with last_id
+    PROTOCOL_ERROR = 1002  # the client broke RFC 6455 (e.g. an unmasked frame)
     INTERNAL_ERROR = 1011  # a bug: reconnect with last_id
     TRY_AGAIN_LATER = 1013  # Redis unreachable for too long: back off, reconnect with last_id
     TOKEN_EXPIRED = 4001  # get a fresh token, reconnect with last_id

@@ -22,8 +22,8 @@ import structlog
 
 from hub.aio import consume_result
 from hub.events import Event
+from hub.frames import text_frame
 from hub.ids import StreamId
-from hub.protocol import text_frame
 from hub.registry import Registry, Signal
 from hub.store import Store
 

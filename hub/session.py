@@ -32,11 +32,12 @@ from hub.aio import Backoff, uncancellable
 from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
+from hub.errors import OutcomeUnknown, Unavailable
 from hub.ids import StreamId
 from hub.protocol import CloseCode, Invalid, Ping, Publish
 from hub.reads import Batch, Reader
 from hub.registry import Signal
-from hub.store import UNAVAILABLE, Store
+from hub.store import Store
 
 MAX_QUEUED_REPLIES = 64
 CLOSE_TIMEOUT = 5.0
@@ -66,6 +67,7 @@ class Session:
         "account",
         "batched",
         "claims",
+        "close_code",
         "conn",
         "cursor",
         "signal",
@@ -91,6 +93,7 @@ class Session:
         self._settings = settings
         self.conn = conn
         self.signal = Signal(self._on_wake)
+        self.close_code: int | None = None  # the code the client was sent, or sent us
         # Memory per socket matters: what only some sockets need is created when needed.
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._poked = False  # something for the delivery task (replies, stop, resume)
@@ -331,17 +334,27 @@ class Session:
         await self._ws.send_frame(frame, WSMsgType.TEXT)
 
     async def _close(self) -> None:
+        """Send the close frame and end the connection, within `CLOSE_TIMEOUT` whatever the
+        client does: a connection the close handshake did not end is aborted, also when the
+        handshake fails with a cancellation (aiohttp raises one when a timed-out send left
+        its drain waiter cancelled), so that a client that reads nothing is released."""
         ws = self._ws
         if ws is None or ws.closed:
             return
         code = self._stop or CloseCode.GOING_AWAY
+        self.close_code = code
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await ws.close(code=code, message=str(self.cursor).encode())
         except (TimeoutError, ConnectionResetError):
-            # A client that reads nothing cannot even take the close frame.
+            pass  # a client that reads nothing cannot even take the close frame
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our own task is being cancelled: abort (below), then go
+        finally:
             transport = self._request.transport if self._request else None
-            if transport is not None:
+            if transport is not None and not transport.is_closing():
                 transport.abort()
 
     # --- the receive task ------------------------------------------------------------------
@@ -349,6 +362,10 @@ class Session:
     async def _receive(self) -> None:
         assert self._ws is not None
         async for message in self._ws:
+            if message.type is WSMsgType.ERROR:
+                # aiohttp closed the socket for a protocol error (1002, 1007, 1009...).
+                self.close_code = getattr(message.data, "code", CloseCode.INTERNAL_ERROR)
+                break
             if self._stop is not None:
                 continue  # closing: drain until the close handshake ends the iteration
             if message.type is WSMsgType.TEXT:
@@ -379,11 +396,9 @@ class Session:
             event_id = await uncancellable(
                 self._store.publish(message.to, message.type, message.payload)
             )
-        except UNAVAILABLE as error:
-            self.log.warning("publish_failed", to=message.to, error=str(error))
-            await self._reply(
-                protocol.error(message.ref, "unavailable", "Redis is unavailable; retry later")
-            )
+        except (Unavailable, OutcomeUnknown) as error:
+            self.log.warning("publish_failed", to=message.to, error=error.message)
+            await self._reply(protocol.error(message.ref, error.code, error.message))
             return
         except RedisError:
             self.log.exception("publish_failed", to=message.to)

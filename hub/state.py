@@ -7,6 +7,7 @@ from aiohttp import web
 from hub.aio import Coalesced
 from hub.config import Settings
 from hub.cursor import StreamState
+from hub.ids import StreamId
 from hub.notifier import Notifier
 from hub.reads import Reader
 from hub.registry import Registry
@@ -20,5 +21,6 @@ REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
 NOTIFIER = web.AppKey("notifier", Notifier)
 READER = web.AppKey("reader", Reader)
-STREAM_STATES = web.AppKey[Coalesced[str, StreamState]]("stream_states")
-"""An account's epoch and stream head at socket open: concurrent opens share one command."""
+STREAM_STATES = web.AppKey[Coalesced[tuple[str, StreamId], StreamState]]("stream_states")
+"""An account's epoch and stream head at a socket's open, and whether the stream holds the
+position the client asked for: concurrent opens share one command."""

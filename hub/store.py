@@ -12,20 +12,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import keys
 from hub.cursor import StreamHead, StreamState
-from hub.errors import EmailTaken
-from hub.events import JSON, Event, encode_payload
-from hub.ids import ZERO, StreamId
+from hub.errors import EmailTaken, OutcomeUnknown, Unavailable
+from hub.events import encode_payload, event_frame
+from hub.ids import MAX_ID, ZERO, StreamId
 
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 """A raw stream entry as redis-py returns it: (ID, fields)."""
 
 ACCOUNT_CREATED = "AccountCreated"
 MAX_STREAMS_PER_READ = 256
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors meaning Redis did not answer (retry later), as opposed to a command that failed."""
 log = structlog.get_logger(__name__)
 
@@ -75,7 +76,7 @@ def _listed(reply: Any) -> list[Entry]:
 
 def _head(reply: Any) -> tuple[StreamHead, str]:
     """head.lua's reply: the stream's head and the epoch ('' when not asked for)."""
-    last, first, removed, epoch = reply
+    last, first, removed, epoch, _ = reply
     head = StreamHead(
         last_generated=StreamId.parse(last),
         first_retained=StreamId.parse(first) if first else None,
@@ -105,25 +106,51 @@ class Store:
     async def ping(self) -> None:
         await self.redis.ping()
 
-    async def publish(self, account: str, event_type: str, payload: JSON) -> str:
-        """Store one event and its index entry atomically; return its stream ID."""
-        event_id = await self._publish(
-            keys=[keys.account_log(account), keys.INDEX, keys.account_epoch(account)],
-            args=[
-                account,
-                event_type,
-                encode_payload(payload),
-                self._retention,
-                self._index_retention,
-            ],
-        )
+    async def publish(self, account: str, event_type: str, payload: bytes) -> str:
+        """Store one event and its index entry atomically; return its stream ID.
+
+        `payload` is JSON text (`encode_payload`). Raises `Unavailable` when the command
+        certainly did not reach Redis, and `OutcomeUnknown` when it was sent and no answer came:
+        the event may then be stored, and a blind retry could store it twice.
+        """
+        keys_ = [keys.account_log(account), keys.INDEX, keys.account_epoch(account)]
+        args = [account, event_type, payload, self._retention, self._index_retention]
+        pool = self.redis.connection_pool
+        try:
+            # Connected and checked, nothing sent yet: any failure so far is a clean 503.
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except UNAVAILABLE as error:
+            raise Unavailable(f"Redis is unavailable: {error}") from None
+        try:
+            try:
+                event_id = await self._evalsha(connection, keys_, args)
+            except NoScriptError:  # a script cache emptied by a restart: nothing ran
+                await connection.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+                await connection.read_response()
+                event_id = await self._evalsha(connection, keys_, args)
+        except UNAVAILABLE as error:
+            await connection.disconnect()  # a late reply must not reach the next caller
+            raise OutcomeUnknown(
+                f"Redis did not confirm the publish ({error}); it may have been stored"
+            ) from None
+        finally:
+            await pool.release(connection)
         return cast(bytes, event_id).decode("ascii")
 
-    async def stream_states(self, accounts: list[str]) -> list[StreamState]:
-        """Each account's epoch (created if missing) and stream head, in one atomic command."""
-        streams = [k for a in accounts for k in (keys.account_log(a), keys.account_epoch(a))]
-        replies = await self._head(keys=streams, args=[2])
-        return [StreamState(epoch=epoch, head=head) for head, epoch in map(_head, replies)]
+    async def _evalsha(self, connection: Any, keys_: list[str], args: list[Any]) -> Any:
+        await connection.send_command("EVALSHA", self._publish.sha, len(keys_), *keys_, *args)
+        return await connection.read_response()
+
+    async def stream_states(self, opens: list[tuple[str, StreamId]]) -> list[StreamState]:
+        """For each (account, position): the account's epoch (created if missing), its
+        stream's head and whether the stream holds that position, in one atomic command."""
+        streams = [k for a, _ in opens for k in (keys.account_log(a), keys.account_epoch(a))]
+        positions = ["" if p == ZERO else str(p) for _, p in opens]
+        replies = await self._head(keys=streams, args=[2, *positions])
+        return [
+            StreamState(epoch=epoch, head=head, holds_position=reply[4] == 1)
+            for reply, (head, epoch) in zip(replies, map(_head, replies), strict=True)
+        ]
 
     async def account_heads(self, accounts: list[str]) -> dict[str, StreamHead]:
         """The heads of several accounts' streams, in one command."""
@@ -161,13 +188,16 @@ class Store:
                 found[(account, cursor)] = by_key.get(keys.account_log(account).encode(), [])
         return found
 
-    async def history(self, account: str, after: StreamId, limit: int) -> list[Event]:
+    async def history(self, account: str, after: StreamId, limit: int) -> list[bytes]:
+        """At most `limit` events after `after`, as event frames (JSON objects)."""
+        if after == MAX_ID:
+            return []  # nothing can follow, and Redis refuses an exclusive range from it
         entries = _listed(
             await self.redis.xrange(
                 keys.account_log(account), min=f"({after}", max="+", count=limit
             )
         )
-        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+        return [event_frame(entry_id, fields) for entry_id, fields in entries]
 
     async def create_account(self, email: str) -> str:
         """The seed's reservation pattern: a new ID, the address reserved, then the event."""
@@ -175,7 +205,7 @@ class Store:
         if not await self.redis.set(keys.email(email), account, nx=True):
             raise EmailTaken(f"{email} is already taken")
         try:
-            await self.publish(account, ACCOUNT_CREATED, {"email": email})
+            await self.publish(account, ACCOUNT_CREATED, encode_payload({"email": email}))
         except Exception:
             try:
                 await self._release(keys=[keys.email(email)], args=[account])

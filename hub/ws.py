@@ -14,6 +14,7 @@ from hub.errors import BadRequest, Unavailable
 from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin, error_for
 from hub.session import Session
 from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE, STREAM_STATES
+from hub.websocket import HubWebSocket
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -50,7 +51,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             account=session.account,
             conn=session.conn,
             last_id=str(session.cursor),
-            code=ws.close_code,
+            code=_code(session.close_code or ws.close_code),
         )
     finally:
         registry.unregister(session.account, session.signal)
@@ -58,7 +59,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _open(request: web.Request) -> tuple[Session, web.WebSocketResponse, Start, str]:
+def _code(code: int | None) -> int | None:
+    """A close code as a plain number (aiohttp gives some as enum members)."""
+    return None if code is None else int(code)
+
+
+async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str]:
     """Check everything, register the session and pin its start, all before the upgrade."""
     settings = request.app[SETTINGS]
     account = account_param(request)
@@ -70,10 +76,10 @@ async def _open(request: web.Request) -> tuple[Session, web.WebSocketResponse, S
     batched = request.query.get("batch", "0")
     if batched not in ("0", "1"):
         raise BadRequest("'batch' must be 0 or 1", code="invalid_batch")
-    ws = web.WebSocketResponse(
+    ws = HubWebSocket(
         protocols=(SUBPROTOCOL,),
         heartbeat=settings.heartbeat,
-        max_msg_size=settings.max_message,
+        max_msg_size=settings.max_message + 1,  # aiohttp refuses messages of this size
         compress=False,
     )
     if not ws.can_prepare(request).ok:
@@ -93,7 +99,7 @@ async def _open(request: web.Request) -> tuple[Session, web.WebSocketResponse, S
     # instant from here on is either before the pinned position or wakes this session.
     registry.register(account, session.signal)
     try:
-        state = await request.app[STREAM_STATES](account)
+        state = await request.app[STREAM_STATES]((account, requested.after))
     except RedisError as error:
         registry.unregister(account, session.signal)
         raise Unavailable(f"Redis is unavailable: {error}") from None

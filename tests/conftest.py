@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from hub import logs
 from hub.app import create_app
 from hub.config import AuthMode, Settings
+from hub.server import HubRunner
 from tests.support import SECRET, RedisServer
+
+
+class HubTestServer(TestServer):
+    """A test server on the hub's own runner (the one `hub serve` uses)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return HubRunner(self.app, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +58,9 @@ async def make_client(aiohttp_client: Any) -> Any:
     """Start a hub (create_app + a real TCP server) with the given settings."""
 
     async def make(settings: Settings, **overrides: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(dataclasses.replace(settings, **overrides)))
+        return await aiohttp_client(
+            HubTestServer(create_app(dataclasses.replace(settings, **overrides)))
+        )
 
     return make
 

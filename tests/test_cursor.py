@@ -79,8 +79,11 @@ def head(last: str, first: str | None, trimmed: bool = False) -> StreamHead:
     )
 
 
-def state(last: str, first: str | None, trimmed: bool = False, epoch: str = "e1") -> StreamState:
-    return StreamState(epoch=epoch, head=head(last, first, trimmed))
+def state(
+    last: str, first: str | None, trimmed: bool = False, epoch: str = "e1", holds: bool = True
+) -> StreamState:
+    """`holds`: the stream has an entry at the position the client gives."""
+    return StreamState(epoch=epoch, head=head(last, first, trimmed), holds_position=holds)
 
 
 def test_an_untrimmed_stream_never_lost_anything() -> None:
@@ -133,6 +136,26 @@ def test_an_id_the_stream_never_produced_is_not_recovered_and_reads_from_its_end
         StreamId(9, 0),
         False,
     )
+
+
+def test_a_position_missing_from_a_stream_that_should_hold_it_is_not_recovered() -> None:
+    """Redis restarted without the client's position (no epoch given): events after it may be
+    gone, although the stream was never trimmed. Delivery goes on after the position."""
+    start = resolve_start(parse_last_id("5-0"), state("9-0", "7-0", holds=False), None)
+    assert (start.cursor, start.recovered) == (StreamId(5, 0), False)
+    inside = resolve_start(parse_last_id("5-0"), state("9-0", "1-0", True, holds=False), None)
+    assert inside.recovered is False
+    # Before the first retained entry of a trimmed stream, only a gap counts.
+    assert resolve_start(
+        parse_last_id("4-0"), state("9-0", "4-1", True, holds=False), None
+    ).recovered
+
+
+def test_a_start_cursor_is_a_position_the_stream_agrees_with() -> None:
+    """From the start of an untrimmed stream the cursor stays 0-0: a client closed before
+    anything was delivered resumes from there (its close reason) without a false alarm."""
+    start = resolve_start(parse_last_id("0"), state("9-0", "5-0", holds=False), None)
+    assert (start.cursor, start.recovered) == (ZERO, True)
 
 
 def test_everything_trimmed_away() -> None:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.http import WebSocketWriter
 
-from hub import protocol
+from hub import frames, protocol
 from hub.auth import Claims, mint, parse_publish_list, verify
 from hub.config import AuthMode, Settings, load_settings
 from hub.errors import BadRequest, ConfigError, Unauthorized
@@ -28,13 +28,13 @@ def test_ping() -> None:
 
 def test_seed_event_message() -> None:
     assert parse_message("event:2", "1") == Publish(
-        "2", "SOME_EVENT", "Some payload for account(2) from account(1)", acknowledge=False
+        "2", "SOME_EVENT", b'"Some payload for account(2) from account(1)"', acknowledge=False
     )
 
 
 def test_json_publish() -> None:
     text = '{"op":"publish","to":"2","type":"T","payload":[1],"ref":"r1"}'
-    assert parse_message(text, "1") == Publish("2", "T", [1], "r1")
+    assert parse_message(text, "1") == Publish("2", "T", b"[1]", "r1")
 
 
 @pytest.mark.parametrize(
@@ -228,4 +228,4 @@ async def test_text_frames_are_the_bytes_aiohttp_would_write(size: int) -> None:
     transport = _Collect()
     writer = WebSocketWriter(None, transport, limit=10**9)  # type: ignore[arg-type]
     await writer.send_frame(payload, WSMsgType.TEXT)
-    assert protocol.text_frame(payload) == bytes(transport.data)
+    assert frames.text_frame(payload) == bytes(transport.data)
