@@ -28,6 +28,7 @@ class RequestError(HubError):
 
     status = 400
     code = "bad_request"
+    closes_connection = False  # the connection cannot serve another request after this one
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -54,6 +55,7 @@ class Forbidden(RequestError):
 class RequestTimeout(RequestError):
     status = 408
     code = "request_timeout"
+    closes_connection = True  # the rest of the body is still unread
 
 
 class EmailTaken(RequestError):

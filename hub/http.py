@@ -50,7 +50,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 def error_for(error: Exception, path: str) -> web.Response | None:
     """The JSON error response for an exception a handler let out, or None to re-raise."""
     if isinstance(error, RequestError):
-        return error_response(error.status, error.code, error.message)
+        response = error_response(error.status, error.code, error.message)
+        if error.closes_connection:
+            response.force_close()
+        return response
     if isinstance(error, UNAVAILABLE):
         log.warning("redis_unavailable", path=path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
@@ -140,8 +143,6 @@ async def json_body(request: web.Request) -> dict[str, JSON]:
         async with asyncio.timeout(request.app[SETTINGS].body_timeout):
             raw = await request.read()
     except TimeoutError:
-        if request.transport is not None:
-            request.transport.close()  # the rest of the body is unread: no keep-alive
         raise RequestTimeout("the request body did not arrive in time") from None
     try:
         body = parse_json(raw)

@@ -21,7 +21,7 @@ from typing import Protocol
 import structlog
 
 from hub.aio import consume_result
-from hub.events import Event
+from hub.events import event_frame
 from hub.frames import text_frame
 from hub.ids import StreamId
 from hub.registry import Registry, Signal
@@ -176,7 +176,7 @@ class Reader:
                 entries = found[position]
                 account, cursor = position
                 head = heads.get(account)
-                frames = [Event.from_entry(i, f).to_frame() for i, f in entries]
+                frames = [event_frame(i, f) for i, f in entries]
                 future.set_result(
                     Batch(
                         ids=[entry_id for entry_id, _ in entries],

@@ -38,9 +38,9 @@ from hub.protocol import CloseCode, Invalid, Ping, Publish
 from hub.reads import Batch, Reader
 from hub.registry import Signal
 from hub.store import Store
+from hub.websocket import HubWebSocket
 
 MAX_QUEUED_REPLIES = 64
-CLOSE_TIMEOUT = 5.0
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +105,7 @@ class Session:
         self._stop: CloseCode | None = None
         self._read_backoff: Backoff | None = None
         self._failing_since: float | None = None
-        self._ws: web.WebSocketResponse | None = None
+        self._ws: HubWebSocket | None = None
         self._request: web.Request | None = None
 
     @property
@@ -168,9 +168,7 @@ class Session:
         if self._room is not None:
             self._room.set()
 
-    async def run(
-        self, request: web.Request, ws: web.WebSocketResponse, start: Start, epoch: str
-    ) -> None:
+    async def run(self, request: web.Request, ws: HubWebSocket, start: Start, epoch: str) -> None:
         """Serve an opened socket until either side closes it."""
         self._request, self._ws = request, ws
         self.cursor = start.cursor
@@ -334,28 +332,13 @@ class Session:
         await self._ws.send_frame(frame, WSMsgType.TEXT)
 
     async def _close(self) -> None:
-        """Send the close frame and end the connection, within `CLOSE_TIMEOUT` whatever the
-        client does: a connection the close handshake did not end is aborted, also when the
-        handshake fails with a cancellation (aiohttp raises one when a timed-out send left
-        its drain waiter cancelled), so that a client that reads nothing is released."""
         ws = self._ws
         if ws is None or ws.closed:
             return
         code = self._stop or CloseCode.GOING_AWAY
         self.close_code = code
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await ws.close(code=code, message=str(self.cursor).encode())
-        except (TimeoutError, ConnectionResetError):
-            pass  # a client that reads nothing cannot even take the close frame
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # our own task is being cancelled: abort (below), then go
-        finally:
-            transport = self._request.transport if self._request else None
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        # Bounded, and ends the connection whatever the client does (`HubWebSocket.close`).
+        await ws.close(code=code, message=str(self.cursor).encode())
 
     # --- the receive task ------------------------------------------------------------------
 

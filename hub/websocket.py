@@ -1,21 +1,35 @@
-"""The hub's WebSocket response: aiohttp's, with every client frame checked to be masked.
+"""The hub's WebSocket response: aiohttp's, with a close that always ends the connection in
+bounded time, and every client frame checked to be masked.
+
+Closing: aiohttp's `close` waits, without a deadline, to hand the close frame to a client that
+may read nothing; when a timed-out send left its drain waiter cancelled, it raises
+`CancelledError` at once; and when it gives up it closes the transport gracefully, which keeps
+the connection until the client takes the rest of the buffer — that is, forever. Every close,
+the hub's and aiohttp's own on a protocol error, goes through `HubWebSocket.close`: at most
+`CLOSE_TIMEOUT` for the handshake and for the client to take what is queued for it, then a
+reset.
 
 What it assumes of aiohttp (pinned in pyproject.toml, checked by tests/test_hostile.py):
-`WebSocketResponse._post_start` creates the message queue as `self._reader`, then the frame
-parser as `self._parser`, then hands `self._parser` to the connection, which calls its
-`feed_data(data) -> (eof, tail)` and `feed_eof()`; a parser that meets a protocol error sets
-a `WebSocketError` on the queue and answers `(True, b"")`, and the response then closes with
-that error's code. The check below does exactly that, with 1002.
+aiohttp closes through `self.close(code=...)`; `_post_start` creates the message queue as
+`self._reader`, then the frame parser as `self._parser`, then hands `self._parser` to the
+connection, which calls its `feed_data(data) -> (eof, tail)` and `feed_eof()`; a parser that
+meets a protocol error sets a `WebSocketError` on the queue and answers `(True, b"")`, and the
+response then closes with that error's code. The mask check does exactly that, with 1002.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_websocket import WebSocketError
 
+from hub.aio import reset_connection
 from hub.frames import MaskedFrames
+
+CLOSE_TIMEOUT = 5.0  # for the close handshake: longer, and the connection is reset
 
 
 class _MaskChecked:
@@ -41,7 +55,50 @@ class _MaskChecked:
 
 
 class HubWebSocket(web.WebSocketResponse):
-    """`web.WebSocketResponse` whose frame parser refuses unmasked frames (RFC 6455 5.1)."""
+    """`web.WebSocketResponse` with a bounded close and masked client frames only."""
+
+    _transport: asyncio.Transport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        self._transport = request.transport
+        return await super().prepare(request)
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        """Close within `CLOSE_TIMEOUT`; then reset the connection if the client has not
+        taken everything sent to it, close frame included."""
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
+        try:
+            async with asyncio.timeout_at(deadline):
+                closed = await super().close(code=code, message=message, drain=drain)
+        except (TimeoutError, ConnectionResetError):
+            closed = True  # a client that reads nothing cannot even take the close frame
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self._reset()
+                raise  # our own task is being cancelled
+            # aiohttp's drain waiter, left cancelled by a timed-out send: the close frame is
+            # queued all the same, behind what the client has not read yet.
+            closed = True
+        await self._flush_or_reset(deadline)
+        return closed
+
+    async def _flush_or_reset(self, deadline: float) -> None:
+        """Give the client until `deadline` to take what is queued for it, then reset."""
+        transport = self._transport
+        if transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        while transport.get_write_buffer_size() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # no event says "drained": aiohttp's waiter is broken
+        if transport.get_write_buffer_size():
+            self._reset()
+
+    def _reset(self) -> None:
+        if self._transport is not None:
+            reset_connection(self._transport)
 
     @property
     def _parser(self) -> Any:

@@ -1,1 +1,1 @@
-"""The load generator's parts, shared by scripts/loadtest.py and scripts/bench/."""
+"""Parts shared by the scripts (load test, benchmark, hostile-input probe) and their tests."""

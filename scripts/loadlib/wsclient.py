@@ -5,28 +5,21 @@ bottleneck it measures. It speaks just what a hub sends: text frames, ping, clos
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import struct
 from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.3)."""
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
+from loadlib.raw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    client_frame,
+    upgrade_request,
+)
 
 
 class Handshake(Exception):
@@ -133,17 +126,7 @@ async def connect(
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(lambda: WebSocketClient(on_text), host, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
     assert client.transport is not None
-    client.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    client.transport.write(upgrade_request(host, port, path, headers))
     await client.opened
     return client
