@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,12 +11,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hub.auth import verify
-from tests.support import SECRET, free_port, token
+from tests.support import SECRET, HubProcess, alive, free_port, token, wait_for
 
 
 def hub_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -80,62 +78,6 @@ def test_errors_are_one_clear_line(tmp_path: Path, base_env: dict[str, str]) -> 
     no_hub = hub_command("publish", "1", "T", "{}", env=base_env, cwd=tmp_path)
     assert no_hub.returncode == 2
     assert "hub serve" in no_hub.stderr
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie awaiting its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
-
-
-class HubProcess:
-    """`python -m hub serve` on the embedded Redis, with its JSON log lines collected."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = int(env["HUB_PORT"])
-        self.log = cwd / f"hub-{time.monotonic_ns()}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hub", "serve"], env=env, cwd=cwd, stderr=log
-            )
-        wait_for(self.ready)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def ready(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        try:
-            with urllib.request.urlopen(self.url("/readyz"), timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    def request(self, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url(path), data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def redis_pid(self) -> int:
-        for line in self.log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("event") == "embedded_redis_started":
-                return int(entry["pid"])
-        raise AssertionError("no embedded_redis_started line")
 
 
 @pytest.fixture

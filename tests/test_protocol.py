@@ -16,8 +16,8 @@ from hub import frames, protocol
 from hub.auth import Claims, mint, parse_publish_list, verify
 from hub.config import AuthMode, Settings, load_settings
 from hub.errors import BadRequest, ConfigError, Unauthorized
-from hub.events import Event, decode_payload
-from hub.ids import StreamId
+from hub.events import Event, decode_payload, encode_payload, parse_json
+from hub.ids import StreamId, parse_decimal
 from hub.protocol import Invalid, Ping, Publish, parse_message
 from tests.support import SECRET
 
@@ -74,6 +74,39 @@ def test_control_frames() -> None:
     assert orjson.loads(protocol.error(None, "c", "m"))["op"] == "error"
 
 
+def test_json_is_parsed_with_exact_integers() -> None:
+    """orjson reads integers beyond 64 bits as floats; those are parsed exactly instead, so
+    that the hub refuses them rather than changing them."""
+    assert parse_json(b"18446744073709551615") == 2**64 - 1
+    assert parse_json(b"18446744073709551616") == 2**64
+    assert parse_json('{"a": [-9223372036854775809]}') == {"a": [-(2**63) - 1]}
+    assert parse_json('"12345678901234567890 in a string"') == "12345678901234567890 in a string"
+    with pytest.raises(orjson.JSONDecodeError):
+        parse_json(b"1e400")
+    with pytest.raises(orjson.JSONDecodeError):
+        parse_json(b"[" * 2000 + b"1" + b"]" * 2000 + b" 12345678901234567890")
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, -(2**63) - 1, orjson.loads(b"[" * 254 + b"[]" + b"]" * 254)]
+)
+def test_payloads_the_hub_cannot_store_exactly_are_refused(value: object) -> None:
+    with pytest.raises(BadRequest) as refused:
+        encode_payload(value)
+    assert refused.value.code == "invalid_payload"
+    assert encode_payload([2**64 - 1, -(2**63)]) == b"[18446744073709551615,-9223372036854775808]"
+
+
+def test_numbers_are_ascii_digits_only() -> None:
+    assert parse_decimal("42") == 42
+    for text in ("\u00b2", "\uff11\uff12\uff13", "\u0663", "", "-1", " 1", "1_000", "9" * 19):
+        assert parse_decimal(text) is None, text
+    with pytest.raises(BadRequest):
+        StreamId.parse("\uff11\uff12\uff13-0")
+    with pytest.raises(BadRequest):
+        StreamId.parse("1-\u0663")
+
+
 def test_payloads_json_or_text() -> None:
     assert decode_payload(b'{"a":1}') == {"a": 1}
     assert decode_payload(b'"text"') == "text"
@@ -85,6 +118,22 @@ def test_payloads_json_or_text() -> None:
 
 
 # --- tokens ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exp", ["1e400", "NaN", "-Infinity", str(10**400), "253402300800"])
+def test_an_expiry_no_timer_can_hold_is_an_invalid_token(exp: str) -> None:
+    """`exp` is checked before the hub schedules the socket's close at that time."""
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    payload = jwt.utils.base64url_encode(b'{"sub":"1","exp":%s}' % exp.encode())
+    signing_input = header + b"." + payload
+    signature = jwt.utils.base64url_encode(
+        jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).sign(
+            signing_input, SECRET.encode()
+        )
+    )
+    with pytest.raises(Unauthorized) as refused:
+        verify((signing_input + b"." + signature).decode(), SECRET, time.time())
+    assert refused.value.code == "invalid_token"
 
 
 def test_token_round_trip() -> None:
