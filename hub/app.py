@@ -88,9 +88,9 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     blocking = connect(
         url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10, name="hub-notifier"
     )
-    store = Store(pool, retention=settings.retention, index_retention=settings.index_retention)
+    store = Store.configured(pool, settings)
     notifier = Notifier(
-        Store(blocking, retention=settings.retention, index_retention=settings.index_retention),
+        Store.configured(blocking, settings),
         app[REGISTRY],
         block_ms=settings.block_ms,
         batch=settings.index_batch,

@@ -15,7 +15,7 @@ from hub.auth import mint, parse_publish_list
 from hub.config import Settings, load_settings
 from hub.errors import HubError
 from hub.events import encode_payload, parse_json, validate_type
-from hub.ids import validate_account_id
+from hub.ids import validate_account_id, validate_idempotency_key
 
 DEFAULT_TTL = 3600
 
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("account")
     publish.add_argument("type")
     publish.add_argument("payload", help="JSON, or any other text taken as a string")
+    publish.add_argument(
+        "--key", help="idempotency key: a repeat within HUB_IDEMPOTENCY_WINDOW stores nothing"
+    )
     return parser
 
 
@@ -51,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "token":
             print(_token(settings, args.subject, args.publish, args.ttl))
         else:
-            print(asyncio.run(_publish(settings, args.account, args.type, args.payload)))
+            published = _publish(settings, args.account, args.type, args.payload, args.key)
+            print(asyncio.run(published))
     except HubError as error:
         print(f"hub: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -87,7 +91,9 @@ def _payload(text: str) -> bytes:
         return encode_payload(text)
 
 
-async def _publish(settings: Settings, account: str, event_type: str, payload: str) -> str:
+async def _publish(
+    settings: Settings, account: str, event_type: str, payload: str, key: str | None
+) -> str:
     from redis.exceptions import RedisError
 
     from hub.embedded import require_running
@@ -95,12 +101,16 @@ async def _publish(settings: Settings, account: str, event_type: str, payload: s
 
     validate_account_id(account)
     validate_type(event_type)
+    if key is not None:
+        validate_idempotency_key(key)
     data = _payload(payload)
     url = settings.redis_url or require_running(settings.data_dir)
     redis = connect(url, pool_size=1, socket_timeout=10)
     try:
-        store = Store(redis, retention=settings.retention, index_retention=settings.index_retention)
-        return await store.publish(account, event_type, data)
+        published = await Store.configured(redis, settings).publish(
+            account, event_type, data, key=key
+        )
+        return published.id
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     finally:

@@ -41,6 +41,7 @@ class Settings:
     allowed_origins: frozenset[str] | None = None
     max_message: int = 65_536
     log_level: str = "info"
+    idempotency_window: int = 300  # seconds a publish's idempotency key is remembered
 
     block_ms: int = 5_000  # the notifier's XREAD BLOCK; readiness allows this + 5 s
     index_retention: int = 100_000  # approximate length of hub:index
@@ -123,6 +124,9 @@ def load_settings(
         allowed_origins=get("HUB_ALLOWED_ORIGINS", _origins, None),
         max_message=get("HUB_MAX_MESSAGE", _int_at_least(1024), default.max_message),
         log_level=get("HUB_LOG_LEVEL", _log_level, default.log_level),
+        idempotency_window=get(
+            "HUB_IDEMPOTENCY_WINDOW", _int_at_least(1), default.idempotency_window
+        ),
     )
 
 

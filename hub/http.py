@@ -21,7 +21,14 @@ from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
 from hub.errors import BadRequest, Forbidden, RequestError, RequestTimeout, Unauthorized
 from hub.events import JSON, encode_payload, parse_json, validate_type
-from hub.ids import ZERO, StreamId, normalize_email, parse_decimal, validate_account_id
+from hub.ids import (
+    ZERO,
+    StreamId,
+    normalize_email,
+    parse_decimal,
+    validate_account_id,
+    validate_idempotency_key,
+)
 from hub.state import NOTIFIER, SETTINGS, STORE
 from hub.store import UNAVAILABLE
 
@@ -29,6 +36,8 @@ DEFAULT_HISTORY_LIMIT = 100
 READY_TIMEOUT = 2.0
 MAX_HISTORY_LIMIT = 1000
 TOKEN_COOKIE = "hub_token"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 SUBPROTOCOL = "hub"
 BEARER_SUBPROTOCOL = "bearer."
 
@@ -190,8 +199,17 @@ async def publish(request: web.Request) -> web.Response:
     body = await json_body(request)
     event_type = validate_type(body.get("type"))
     payload = encode_payload(body.get("payload"))
-    event_id = await uncancellable(request.app[STORE].publish(account, event_type, payload))
-    return json_response({"id": event_id}, status=201)
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None:
+        validate_idempotency_key(key)
+    published = await uncancellable(
+        request.app[STORE].publish(account, event_type, payload, key=key)
+    )
+    if published.replayed:
+        response = json_response({"id": published.id}, status=200)
+        response.headers[IDEMPOTENT_REPLAYED] = "true"
+        return response
+    return json_response({"id": published.id}, status=201)
 
 
 @routes.get("/accounts/{account_id}/events")

@@ -25,6 +25,25 @@ def parse_decimal(text: str | None) -> int | None:
     return int(text)
 
 
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_idempotency_key(value: object) -> str:
+    """Return `value` if it is a valid idempotency key: 1-128 characters, none a control."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        or _CONTROL.search(value)
+    ):
+        raise BadRequest(
+            f"an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters, "
+            "none of them a control character",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
 def validate_account_id(value: str) -> str:
     """Return `value` if it is a valid account ID, else raise BadRequest."""
     if not value or len(value) > MAX_ACCOUNT_ID_LENGTH or _FORBIDDEN.search(value):

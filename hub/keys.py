@@ -6,6 +6,8 @@ hub's own. A sharded (Redis Cluster) layout would change only this module.
 
 from __future__ import annotations
 
+import hashlib
+
 INDEX = "hub:index"
 ACCOUNT_SEQUENCE = "account_id"
 
@@ -23,3 +25,10 @@ def account_epoch(account: str) -> str:
 def email(address: str) -> str:
     """The reservation of a (lower-cased) email address, holding the account ID."""
     return f"email:{address}"
+
+
+def idempotency(account: str, key: str) -> str:
+    """A publish's idempotency key, holding the ID of the event first published with it.
+    Any key (1-128 characters) maps to a fixed-length name of safe characters."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"account:{account}:idempotency:{digest}"

@@ -14,7 +14,7 @@ import orjson
 
 from hub.errors import BadRequest
 from hub.events import JSON, encode_payload, parse_json, validate_type
-from hub.ids import StreamId, validate_account_id
+from hub.ids import StreamId, validate_account_id, validate_idempotency_key
 
 PONG = "pong"
 SEED_EVENT_TYPE = "SOME_EVENT"
@@ -34,6 +34,7 @@ class Publish:
     payload: bytes  # JSON text, checked storable (`encode_payload`)
     ref: JSON = None
     acknowledge: bool = True  # the seed's `event:` form gets no reply on success
+    key: str | None = None  # idempotency key: a repeat within the window stores nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +93,12 @@ def _parse_op(message: dict[str, Any]) -> ClientMessage:
     try:
         event_type = validate_type(message.get("type"))
         payload = encode_payload(message.get("payload"))
+        key = message.get("key")
+        if key is not None:
+            validate_idempotency_key(key)
     except BadRequest as error:
         return Invalid(error.code, error.message, ref)
-    return Publish(to, event_type, payload, ref)
+    return Publish(to, event_type, payload, ref, key=key)
 
 
 def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> bytes:
@@ -109,7 +113,10 @@ def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> byt
     )
 
 
-def ack(ref: JSON, event_id: str) -> bytes:
+def ack(ref: JSON, event_id: str, *, replayed: bool = False) -> bytes:
+    """`replayed`: an earlier publish with the same idempotency key stored the event."""
+    if replayed:
+        return orjson.dumps({"op": "ack", "ref": ref, "id": event_id, "replayed": True})
     return orjson.dumps({"op": "ack", "ref": ref, "id": event_id})
 
 

@@ -3,9 +3,20 @@
 -- makes sure the account has an epoch, and returns the event's stream ID. Being one script,
 -- every notification points at a stored event and every stored event is notified.
 --
+-- With an idempotency key (KEYS[4]), a repeat within the window stores nothing: the script
+-- returns {first event's ID, 1}, and {new ID, 0} the first time. Without one it returns the ID.
+--
 -- KEYS[1] account:{id}:log   KEYS[2] hub:index   KEYS[3] account:{id}:epoch
+-- KEYS[4] (optional) account:{id}:idempotency:{digest of the key}
 -- ARGV[1] account ID   ARGV[2] type   ARGV[3] payload (JSON text)
 -- ARGV[4] retention of the account stream (0 = unlimited)   ARGV[5] retention of the index
+-- ARGV[6] (with KEYS[4]) seconds a key is remembered
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    return {first, 1}
+  end
+end
 local id
 local retention = tonumber(ARGV[4])
 if retention > 0 then
@@ -18,5 +29,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'account', ARGV[1], 'id
 if redis.call('EXISTS', KEYS[3]) == 0 then
   local now = redis.call('TIME')
   redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+if KEYS[4] then
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[6])
+  return {id, 0}
 end
 return id

@@ -376,8 +376,8 @@ class Session:
             )
             return
         try:
-            event_id = await uncancellable(
-                self._store.publish(message.to, message.type, message.payload)
+            published = await uncancellable(
+                self._store.publish(message.to, message.type, message.payload, key=message.key)
             )
         except (Unavailable, OutcomeUnknown) as error:
             self.log.warning("publish_failed", to=message.to, error=error.message)
@@ -388,7 +388,7 @@ class Session:
             await self._reply(protocol.error(message.ref, "internal", "the event was not stored"))
             return
         if message.acknowledge:
-            await self._reply(protocol.ack(message.ref, event_id))
+            await self._reply(protocol.ack(message.ref, published.id, replayed=published.replayed))
 
     async def _reply(self, frame: bytes) -> None:
         """Queue a reply for the delivery task; wait while the queue is full (backpressure)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import metadata
 from importlib.resources import files
 from typing import Any, TypeAlias, cast
@@ -16,6 +17,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import keys
+from hub.config import Settings
 from hub.cursor import StreamHead, StreamState
 from hub.errors import EmailTaken, OutcomeUnknown, Unavailable
 from hub.events import encode_payload, event_frame
@@ -92,29 +94,61 @@ def _entries(reply: Any) -> list[Entry]:
     return cast(list[Entry], reply[0][1])
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A publish's answer: the event's ID, and whether an earlier publish with the same
+    idempotency key had stored it (nothing was stored this time)."""
+
+    id: str
+    replayed: bool = False
+
+
 class Store:
     """The hub's Redis operations over one client (a pool, or the notifier's own connection)."""
 
-    def __init__(self, redis: aioredis.Redis, *, retention: int, index_retention: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        retention: int,
+        index_retention: int,
+        idempotency_window: int = 300,
+    ) -> None:
         self.redis = redis
         self._retention = retention
         self._index_retention = index_retention
+        self._idempotency_window = idempotency_window
         self._publish = redis.register_script(PUBLISH_SCRIPT)
         self._head = redis.register_script(_script("head.lua"))
         self._release = redis.register_script(_script("release.lua"))
 
+    @classmethod
+    def configured(cls, redis: aioredis.Redis, settings: Settings) -> Store:
+        return cls(
+            redis,
+            retention=settings.retention,
+            index_retention=settings.index_retention,
+            idempotency_window=settings.idempotency_window,
+        )
+
     async def ping(self) -> None:
         await self.redis.ping()
 
-    async def publish(self, account: str, event_type: str, payload: bytes) -> str:
-        """Store one event and its index entry atomically; return its stream ID.
+    async def publish(
+        self, account: str, event_type: str, payload: bytes, *, key: str | None = None
+    ) -> Published:
+        """Store one event and its index entry atomically.
 
-        `payload` is JSON text (`encode_payload`). Raises `Unavailable` when the command
-        certainly did not reach Redis, and `OutcomeUnknown` when it was sent and no answer came:
-        the event may then be stored, and a blind retry could store it twice.
+        `payload` is JSON text (`encode_payload`). With an idempotency `key`, a repeat within
+        the window stores nothing and answers the first event's ID. Raises `Unavailable` when
+        the command certainly did not reach Redis, and `OutcomeUnknown` when it was sent and
+        no answer came: the event may then be stored (a retry with a key is safe).
         """
         keys_ = [keys.account_log(account), keys.INDEX, keys.account_epoch(account)]
         args = [account, event_type, payload, self._retention, self._index_retention]
+        if key is not None:
+            keys_.append(keys.idempotency(account, key))
+            args.append(self._idempotency_window)
         pool = self.redis.connection_pool
         try:
             # Connected and checked, nothing sent yet: any failure so far is a clean 503.
@@ -135,7 +169,10 @@ class Store:
             ) from None
         finally:
             await pool.release(connection)
-        return cast(bytes, event_id).decode("ascii")
+        if isinstance(event_id, list):
+            event_id, replayed = event_id
+            return Published(event_id.decode("ascii"), replayed=replayed == 1)
+        return Published(cast(bytes, event_id).decode("ascii"))
 
     async def _evalsha(self, connection: Any, keys_: list[str], args: list[Any]) -> Any:
         await connection.send_command("EVALSHA", self._publish.sha, len(keys_), *keys_, *args)

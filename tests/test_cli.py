@@ -101,8 +101,12 @@ def test_embedded_redis_keeps_events_and_does_not_outlive_the_hub(
     first = HubProcess(serve_env, tmp_path)
     hubs.append(first)
     event = first.request("/accounts/1/events", {"type": "T", "payload": {"kept": True}})
-    published = hub_command("publish", "1", "Note", "not json", env=serve_env, cwd=tmp_path)
+    published = hub_command(
+        "publish", "1", "Note", "not json", "--key", "k", env=serve_env, cwd=tmp_path
+    )
     assert published.returncode == 0, published.stderr
+    again = hub_command("publish", "1", "Note", "twice", "--key", "k", env=serve_env, cwd=tmp_path)
+    assert again.stdout == published.stdout  # the same event: stored once
 
     # A second hub may not share the data directory.
     other = hub_command("serve", env={**serve_env, "HUB_PORT": str(free_port())}, cwd=tmp_path)

@@ -123,15 +123,20 @@ async def test_a_publish_is_504_when_redis_does_not_answer_and_503_when_unreacha
     assert (await client.post("/accounts/a/events", json=body, headers=headers)).status == 201
 
     assert own_redis.process is not None
+    keyed = {**headers, "Idempotency-Key": "retry-me"}
     os.kill(own_redis.process.pid, signal.SIGSTOP)  # sent, never answered
     try:
-        frozen = await client.post("/accounts/a/events", json=body, headers=headers)
+        frozen = await client.post("/accounts/a/events", json=body, headers=keyed)
         assert frozen.status == 504
         assert (await frozen.json())["error"] == "outcome_unknown"
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
     # Redis ran the command once it woke: that is why the answer could not be 503.
     await wait_until(lambda: own_redis.client().xlen("account:a:log") == 2, what="the event")
+    # The retry the 504 calls for, with the same key, stores nothing more.
+    retried = await client.post("/accounts/a/events", json=body, headers=keyed)
+    assert (retried.status, retried.headers["Idempotent-Replayed"]) == (200, "true")
+    assert own_redis.client().xlen("account:a:log") == 2
 
     ws = await client.ws_connect("/ws/svc", headers=headers)
     await receive_json(ws)

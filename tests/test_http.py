@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hub.config import Settings
-from tests.support import RedisServer, bearer, token
+from tests.support import RedisServer, bearer, token, wait_until
 
 Client = Any
 
@@ -196,3 +196,34 @@ async def test_redis_down_gives_503_and_the_hub_keeps_serving(
     own_redis.start()
     response = await client.post("/accounts/1/events", json=body, headers=bearer("1", ["1"]))
     assert response.status == 201
+
+
+async def test_a_publish_repeated_with_its_idempotency_key_stores_nothing(
+    make_client: Any, settings: Settings, redis_server: RedisServer
+) -> None:
+    client = await make_client(settings, idempotency_window=1)
+    headers = {**bearer("svc", "*"), "Idempotency-Key": "order-42/attempt"}
+    body = {"type": "T", "payload": {"n": 1}}
+    first = await client.post("/accounts/a/events", json=body, headers=headers)
+    again = await client.post("/accounts/a/events", json=body, headers=headers)
+    assert (first.status, again.status) == (201, 200)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert (await again.json())["id"] == (await first.json())["id"]
+    redis = redis_server.client()
+    assert redis.xlen("account:a:log") == 1
+
+    # Keys are per account; and forgotten after the window.
+    other = await client.post("/accounts/b/events", json=body, headers=headers)
+    assert other.status == 201
+    await wait_until(lambda: not redis.keys("account:a:idempotency:*"), what="the key to expire")
+    later = await client.post("/accounts/a/events", json=body, headers=headers)
+    assert later.status == 201
+    assert redis.xlen("account:a:log") == 2
+
+
+@pytest.mark.parametrize("key", ["", "k" * 129, "tab\there"])
+async def test_idempotency_keys_are_checked(client: Client, key: str) -> None:
+    headers = {**bearer("svc", "*"), "Idempotency-Key": key}
+    response = await client.post("/accounts/a/events", json={"type": "T"}, headers=headers)
+    assert (response.status, (await response.json())["error"]) == (400, "invalid_idempotency_key")

@@ -329,3 +329,21 @@ async def test_many_sockets_of_one_account_get_a_burst_once_and_in_order(
     for ws in sockets:
         assert [e["id"] for e in await receive_events(ws, len(ids))] == ids
         await expect_silence(ws, 0.01)
+
+
+async def test_a_socket_publish_with_a_key_is_stored_once(
+    client: Client, redis_server: RedisServer
+) -> None:
+    ws = await connect(client, "7", publish=["7"])
+    message = {"op": "publish", "to": "7", "type": "T", "payload": 1, "key": "k1"}
+    await ws.send_json({**message, "ref": 1})
+    await ws.send_json({**message, "ref": 2})
+    frames = [await receive_json(ws) for _ in range(3)]  # two acks and the event, any order
+    acks = {frame["ref"]: frame for frame in frames if frame.get("op") == "ack"}
+    [event] = [frame for frame in frames if "op" not in frame]
+    assert acks[1] == {"op": "ack", "ref": 1, "id": event["id"]}
+    assert acks[2] == {"op": "ack", "ref": 2, "id": event["id"], "replayed": True}
+    assert redis_server.client().xlen("account:7:log") == 1
+    await ws.send_json({**message, "key": 5, "ref": 3})
+    error = await receive_json(ws)
+    assert (error["ref"], error["code"]) == (3, "invalid_idempotency_key")
