@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hub.config import AuthMode, Settings
-from tests.support import RedisServer
+from tests.support import SECRET, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def run(*args: str) -> tuple[int, str]:
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -70,3 +72,24 @@ async def test_benchmark_compares_the_hub_with_the_floor(tmp_path: Path) -> None
     # Half load: half the hub's burst throughput, over 20 sockets on 2 accounts (10 per event).
     half = round(bench["results"]["burst"]["hub"]["delivered_per_s"] / 2 / 10)
     assert f"{half:,} events/s" in bench["workloads"]["half load"]
+
+
+async def test_probe_prints_a_table_of_verdicts(
+    make_client: Any, settings: Settings, tmp_path: Path
+) -> None:
+    client = await make_client(settings)
+    url = str(client.make_url("")).rstrip("/")
+    env = {**os.environ, "HUB_SECRET": SECRET}
+    code, output = await run(
+        "scripts/probe.py", "--url", url, "--quick", "--json", str(tmp_path / "p.json"), env=env
+    )
+    assert code == 0, output
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert {row["probe"] for row in rows} >= {"unmasked frame", "payload 255 levels deep"}
+    assert all(row["ok"] for row in rows)
+    assert "unmasked frame" in output
+    assert "close 1002" in output
+
+    code, output = await run("scripts/probe.py", "--url", "http://10.0.0.1:8080", env=env)
+    assert code == 2
+    assert "loopback" in output
