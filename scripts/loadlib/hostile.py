@@ -234,29 +234,30 @@ async def message_at_limit(target: Target) -> Outcome:
     return Outcome(f"{answered}, open: {alive}", code == "invalid_message" and alive)
 
 
-@probe("message of HUB_MAX_MESSAGE + 1 bytes", "send a text message one byte over the limit")
-async def message_over_limit(target: Target) -> Outcome:
+async def close_code_after(target: Target, frame: bytes) -> int:
+    """The close code the hub answers `frame` with, sent right after the welcome (1006: the
+    connection ended without a close frame)."""
     connection, _ = await target.socket(target.account())
     try:
         await welcome(connection)
-        connection.send_frame(raw.OP_TEXT, b"x" * (target.max_message + 1))
+        connection.send(frame)
         close = await connection.read_close()
     finally:
         await connection.close()
-    code = close.close_code if close else 1006
+    return close.close_code if close else 1006
+
+
+@probe("message of HUB_MAX_MESSAGE + 1 bytes", "send a text message one byte over the limit")
+async def message_over_limit(target: Target) -> Outcome:
+    code = await close_code_after(
+        target, raw.client_frame(raw.OP_TEXT, b"x" * (target.max_message + 1))
+    )
     return Outcome(f"close {code}", code == 1009)
 
 
 @probe("unmasked frame", "send a client frame without a mask (RFC 6455 5.1)")
 async def unmasked_frame(target: Target) -> Outcome:
-    connection, _ = await target.socket(target.account())
-    try:
-        await welcome(connection)
-        connection.send_frame(raw.OP_TEXT, b"ping", masked=False)
-        close = await connection.read_close()
-    finally:
-        await connection.close()
-    code = close.close_code if close else 1006
+    code = await close_code_after(target, raw.client_frame(raw.OP_TEXT, b"ping", masked=False))
     return Outcome(f"close {code}", code == 1002)
 
 
