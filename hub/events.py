@@ -29,10 +29,8 @@ MAX_DEPTH = 254  # orjson's limit on nesting when encoding
 # is parsed a second time, exactly, by the standard library.
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
 _LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
-# A client decoding a frame (or a history page, three levels deeper) with orjson stops at
-# 1,024 levels: a payload another producer stored deeper than that travels as a string.
-_WIRE_DEPTH_MARGIN = 3
-_DEEP_CHECK_FROM = 1024 - _WIRE_DEPTH_MARGIN  # bytes: less text cannot nest that deep
+# Text shorter than this cannot nest deeper than MAX_DEPTH (two brackets a level).
+_DEPTH_CHECK_FROM = 2 * (MAX_DEPTH + 1)
 
 
 def parse_json(text: str | bytes) -> JSON:
@@ -60,14 +58,17 @@ def encode_payload(value: JSON) -> bytes:
 
 
 def payload_json(raw: bytes | None) -> bytes:
-    """A stored payload as JSON text for the wire: itself if it is JSON, else a string."""
+    """A stored payload as JSON text for the wire: itself if it is JSON the hub could have
+    accepted (`encode_payload`), else a JSON string. Another producer's JSON nested deeper
+    than that is sent as a string: a frame or history page around it might be too deep for a
+    client's parser."""
     if raw is None:
         return b"null"
     try:
-        orjson.loads(raw)
-        if len(raw) >= _DEEP_CHECK_FROM:
-            orjson.loads(b"[" * _WIRE_DEPTH_MARGIN + raw + b"]" * _WIRE_DEPTH_MARGIN)
-    except orjson.JSONDecodeError:
+        value = orjson.loads(raw)
+        if len(raw) >= _DEPTH_CHECK_FROM and isinstance(value, list | dict):
+            orjson.dumps(value)  # raises past MAX_DEPTH, as at publish
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return orjson.dumps(raw.decode("utf-8", "replace"))
     return raw
 

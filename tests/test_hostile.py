@@ -103,13 +103,21 @@ async def test_payloads_another_producer_stored_are_delivered(
     """Text no client could publish (too deep, not JSON, invalid UTF-8) written straight into
     the stream still reaches the socket, as a string, and does not stop what follows."""
     redis = redis_server.client()
+    deepest = hostile.nested(254)  # as deep as a publish may be: delivered as JSON
+    deeper = hostile.nested(255)  # parses, but no publisher could have sent it
     deep = b"[" * 1024 + b"]" * 1024  # parses, but a frame around it would be 1,025 deep
-    for payload in (deep, b"plain", b"\xff\xfe"):
+    for payload in (deepest, deeper, deep, b"plain", b"\xff\xfe"):
         redis.xadd("account:other:log", {"type": "T", "payload": payload})
     ws = await client.ws_connect("/ws/other?last_id=0", headers=bearer("other"))
     await receive_json(ws)
-    payloads = [(await receive_json(ws))["payload"] for _ in range(3)]
-    assert payloads == [deep.decode(), "plain", "\ufffd\ufffd"]
+    payloads = [(await receive_json(ws))["payload"] for _ in range(5)]
+    assert payloads == [
+        orjson.loads(deepest),
+        deeper.decode(),
+        deep.decode(),
+        "plain",
+        "\ufffd\ufffd",
+    ]
 
 
 async def test_a_publish_is_504_when_redis_does_not_answer_and_503_when_unreachable(
