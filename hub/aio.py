@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import random
 import socket
 import struct
+import termios
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -45,15 +48,47 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         raise
 
 
-def reset_connection(transport: asyncio.Transport) -> None:
-    """Drop a connection at once, with a TCP reset. A plain close sends FIN only after the data
-    the kernel still holds for the client, so a client that reads nothing would keep that
-    data, and the connection, alive for minutes; a zero linger time discards it."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+class HeldSocket:
+    """A second descriptor of a connection's socket, taken when the hub starts to close it.
+
+    The connection then ends when the hub lets go, not when the transport closes: a transport
+    closes its socket once its own buffer is written, while the kernel may still hold megabytes
+    for a client that reads nothing, and keep them, and the connection, for minutes. Holding the
+    socket, the hub can see that (`unsent`) and reset the connection instead (`let_go`).
+    """
+
+    __slots__ = ("_sock", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, sock: socket.socket) -> None:
+        self._transport, self._sock = transport, sock
+
+    @classmethod
+    def of(cls, transport: asyncio.Transport) -> HeldSocket | None:
+        """Hold the transport's socket; None if it has none (left, or not a real socket)."""
+        sock = transport.get_extra_info("socket")
+        try:
+            return cls(transport, socket.socket(fileno=os.dup(sock.fileno())))
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def unsent(self) -> int:
+        """Bytes still on their way to the client: in the transport and in the kernel (sent
+        but not acknowledged, or not sent yet; Linux's TIOCOUTQ)."""
+        buffered = self._transport.get_write_buffer_size()
+        try:
+            queued = fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return buffered
+        return buffered + int(struct.unpack("i", queued)[0])
+
+    def let_go(self, *, reset: bool) -> None:
+        """End the hub's hold; with `reset`, drop the connection at once with a TCP reset,
+        discarding whatever the client has not taken (a zero linger time)."""
+        if reset:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._transport.abort()
+        self._sock.close()
 
 
 def consume_result(task: asyncio.Future[Any]) -> None:

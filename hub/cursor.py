@@ -45,11 +45,12 @@ class StreamHead:
     last_generated: StreamId  # 0-0 when the stream never had an entry
     first_retained: StreamId | None  # None when the stream holds no entry
     trimmed: bool  # whether any entry was ever removed (entries-added > length)
+    max_deleted: StreamId = ZERO  # the newest entry removed by XDEL (trimming leaves it alone)
 
     def should_hold(self, position: StreamId) -> bool:
         """Whether an entry at `position`, if the stream ever had one, is still retained:
-        trimming removes only the oldest entries."""
-        if self.first_retained is None:
+        trimming removes only the oldest entries, and nothing that recent was deleted."""
+        if self.first_retained is None or position <= self.max_deleted:
             return False
         return position >= self.first_retained or not self.trimmed
 

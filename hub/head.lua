@@ -1,14 +1,14 @@
 -- The heads of streams, each read atomically: its last generated ID, its first retained ID ('' when
--- it holds nothing), how many entries were ever removed from it (entries-added - length), and
--- whether it holds an entry at a given position. One call serves many streams, so that
+-- it holds nothing), how many entries were ever removed from it (entries-added - length),
+-- whether it holds an entry at a given position, and the newest ID removed by XDEL. One call serves many streams, so that
 -- concurrent socket opens cost Redis one command.
 --
 -- ARGV[1] = '1': every key is a stream.
 -- ARGV[1] = '2': keys come in pairs (stream, account:{id}:epoch); each head also carries that
 --                epoch, created if missing.
 -- ARGV[1 + n]: a position to look up in the n-th stream ('' or absent: none).
--- Replies one {last-generated-id, first-id, removed, epoch, holds-position} per stream, in KEYS
--- order.
+-- Replies one {last-generated-id, first-id, removed, epoch, holds-position, max-deleted-id} per
+-- stream, in KEYS order.
 local step = tonumber(ARGV[1])
 local fresh = ''
 if step == 2 then
@@ -21,7 +21,7 @@ for i = 1, #KEYS, step do
   if step == 2 then
     epoch = redis.call('SET', KEYS[i + 1], fresh, 'NX', 'GET') or fresh
   end
-  local head = {'0-0', '', 0, epoch, 0}
+  local head = {'0-0', '', 0, epoch, 0, '0-0'}
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local info = redis.call('XINFO', 'STREAM', KEYS[i])
     local fields = {}
@@ -34,7 +34,7 @@ for i = 1, #KEYS, step do
       holds = 1
     end
     head = {fields['last-generated-id'], first, fields['entries-added'] - fields['length'], epoch,
-            holds}
+            holds, fields['max-deleted-entry-id']}
   end
   heads[#heads + 1] = head
 end

@@ -203,7 +203,9 @@ async def publish(request: web.Request) -> web.Response:
     if key is not None:
         validate_idempotency_key(key)
     published = await uncancellable(
-        request.app[STORE].publish(account, event_type, payload, key=key)
+        request.app[STORE].publish(
+            account, event_type, payload, key=key, publisher=claims.subject or ""
+        )
     )
     if published.replayed:
         response = json_response({"id": published.id}, status=200)

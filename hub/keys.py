@@ -27,8 +27,9 @@ def email(address: str) -> str:
     return f"email:{address}"
 
 
-def idempotency(account: str, key: str) -> str:
-    """A publish's idempotency key, holding the ID of the event first published with it.
-    Any key (1-128 characters) maps to a fixed-length name of safe characters."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"account:{account}:idempotency:{digest}"
+def idempotency(account: str, publisher: str, key: str) -> str:
+    """A publish's idempotency key, holding the ID (and digest) of the event first published
+    with it. Keys are a publisher's own (the token's subject), so that two publishers' keys
+    never collide; any key maps to a fixed-length name of safe characters."""
+    scoped = f"{publisher}\0{key}".encode("utf-8", "surrogatepass")
+    return f"account:{account}:idempotency:{hashlib.sha256(scoped).hexdigest()[:32]}"

@@ -4,17 +4,22 @@
 -- every notification points at a stored event and every stored event is notified.
 --
 -- With an idempotency key (KEYS[4]), a repeat within the window stores nothing: the script
--- returns {first event's ID, 1}, and {new ID, 0} the first time. Without one it returns the ID.
+-- returns {first event's ID, 1}, or {first event's ID, 2} when the repeat's digest (ARGV[7], of
+-- its type and payload) differs, and {new ID, 0} the first time. Without a key it returns the ID.
 --
 -- KEYS[1] account:{id}:log   KEYS[2] hub:index   KEYS[3] account:{id}:epoch
 -- KEYS[4] (optional) account:{id}:idempotency:{digest of the key}
 -- ARGV[1] account ID   ARGV[2] type   ARGV[3] payload (JSON text)
 -- ARGV[4] retention of the account stream (0 = unlimited)   ARGV[5] retention of the index
--- ARGV[6] (with KEYS[4]) seconds a key is remembered
+-- ARGV[6], ARGV[7] (with KEYS[4]) seconds a key is remembered, digest of type and payload
 if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
   if first then
-    return {first, 1}
+    local space = string.find(first, ' ', 1, true)
+    if string.sub(first, space + 1) ~= ARGV[7] then
+      return {string.sub(first, 1, space - 1), 2}
+    end
+    return {string.sub(first, 1, space - 1), 1}
   end
 end
 local id
@@ -31,7 +36,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
 end
 if KEYS[4] then
-  redis.call('SET', KEYS[4], id, 'EX', ARGV[6])
+  redis.call('SET', KEYS[4], id .. ' ' .. ARGV[7], 'EX', ARGV[6])
   return {id, 0}
 end
 return id

@@ -8,8 +8,8 @@ only. `serve` runs the hub until SIGINT or SIGTERM, then drains.
 
 What it assumes of aiohttp (pinned in pyproject.toml, checked by tests/test_hostile.py): a
 runner's `_make_server` returns the `web.Server` whose call makes one `RequestHandler` per
-connection, and that handler answers unparsable requests and unhandled exceptions through
-`handle_error(request, status, exc, message)`.
+connection from its `_loop` and `_kwargs`, and that handler answers unparsable requests and
+unhandled exceptions through `handle_error(request, status, exc, message)`.
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ class _RequestHandler(RequestHandler):
 
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = _RequestHandler  # same slots, one method more
-        return handler
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class HubRunner(web.AppRunner):
@@ -84,9 +82,14 @@ class HubRunner(web.AppRunner):
     __slots__ = ()
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _Server  # built by the app with its own arguments; one method more
-        return server
+        made = await super()._make_server()  # the app's own server, with its arguments
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
 
 
 def runner(app: web.Application, settings: Settings, **kwargs: Any) -> HubRunner:

@@ -32,7 +32,7 @@ from hub.aio import Backoff, uncancellable
 from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
-from hub.errors import OutcomeUnknown, Unavailable
+from hub.errors import IdempotencyConflict, RequestError
 from hub.ids import StreamId
 from hub.protocol import CloseCode, Invalid, Ping, Publish
 from hub.reads import Batch, Reader
@@ -49,6 +49,7 @@ class Session:
     """The state of one socket: an account, a cursor, a signal, a reply queue."""
 
     __slots__ = (
+        "_close_code",
         "_failing_since",
         "_parked",
         "_poked",
@@ -67,7 +68,6 @@ class Session:
         "account",
         "batched",
         "claims",
-        "close_code",
         "conn",
         "cursor",
         "signal",
@@ -93,7 +93,7 @@ class Session:
         self._settings = settings
         self.conn = conn
         self.signal = Signal(self._on_wake)
-        self.close_code: int | None = None  # the code the client was sent, or sent us
+        self._close_code: int | None = None  # the code the hub or aiohttp sent
         # Memory per socket matters: what only some sockets need is created when needed.
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._poked = False  # something for the delivery task (replies, stop, resume)
@@ -154,6 +154,13 @@ class Session:
         if self.signal.pending:
             self._push()  # woken while that read was on its way
         return True
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code as the client got it: the one the hub (or aiohttp, on a protocol
+        error) sent, else the one the client sent, else 1006 (no close frame)."""
+        code = self._close_code or (self._ws.close_code if self._ws is not None else None)
+        return None if code is None else int(code)
 
     @property
     def stopping(self) -> CloseCode | None:
@@ -336,7 +343,7 @@ class Session:
         if ws is None or ws.closed:
             return
         code = self._stop or CloseCode.GOING_AWAY
-        self.close_code = code
+        self._close_code = code
         # Bounded, and ends the connection whatever the client does (`HubWebSocket.close`).
         await ws.close(code=code, message=str(self.cursor).encode())
 
@@ -347,7 +354,8 @@ class Session:
         async for message in self._ws:
             if message.type is WSMsgType.ERROR:
                 # aiohttp closed the socket for a protocol error (1002, 1007, 1009...).
-                self.close_code = getattr(message.data, "code", CloseCode.INTERNAL_ERROR)
+                # Without a code (a pong that did not come), it sent nothing: 1006.
+                self._close_code = getattr(message.data, "code", None)
                 break
             if self._stop is not None:
                 continue  # closing: drain until the close handshake ends the iteration
@@ -377,15 +385,22 @@ class Session:
             return
         try:
             published = await uncancellable(
-                self._store.publish(message.to, message.type, message.payload, key=message.key)
+                self._store.publish(
+                    message.to,
+                    message.type,
+                    message.payload,
+                    key=message.key,
+                    publisher=self.claims.subject or "",
+                )
             )
-        except (Unavailable, OutcomeUnknown) as error:
-            self.log.warning("publish_failed", to=message.to, error=error.message)
+        except RequestError as error:  # 503, 504, 422: the same answers as over HTTP
+            if not isinstance(error, IdempotencyConflict):
+                self.log.warning("publish_failed", to=message.to, error=error.message)
             await self._reply(protocol.error(message.ref, error.code, error.message))
             return
         except RedisError:
             self.log.exception("publish_failed", to=message.to)
-            await self._reply(protocol.error(message.ref, "internal", "the event was not stored"))
+            await self._reply(protocol.error(message.ref, "internal", "the publish failed"))
             return
         if message.acknowledge:
             await self._reply(protocol.ack(message.ref, published.id, replayed=published.replayed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import metadata
 from importlib.resources import files
@@ -12,14 +13,22 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
+from redis.exceptions import (
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import keys
 from hub.config import Settings
 from hub.cursor import StreamHead, StreamState
-from hub.errors import EmailTaken, OutcomeUnknown, Unavailable
+from hub.errors import EmailTaken, IdempotencyConflict, OutcomeUnknown, Unavailable
 from hub.events import encode_payload, event_frame
 from hub.ids import MAX_ID, ZERO, StreamId
 
@@ -28,8 +37,20 @@ Entry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 
 ACCOUNT_CREATED = "AccountCreated"
 MAX_STREAMS_PER_READ = 256
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 """Errors meaning Redis did not answer (retry later), as opposed to a command that failed."""
+_REFUSED = (BusyLoadingError, OutOfMemoryError, ReadOnlyError, NoPermissionError)
+_REFUSED_PREFIXES = ("MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS")
+
+
+def _refused(error: Exception) -> bool:
+    """An error reply Redis gives before a script's first write (loading, out of memory, a
+    replica, persistence failing, another script running): nothing was stored."""
+    return isinstance(error, _REFUSED) or (
+        isinstance(error, ResponseError) and str(error).startswith(_REFUSED_PREFIXES)
+    )
+
+
 log = structlog.get_logger(__name__)
 
 
@@ -76,15 +97,16 @@ def _listed(reply: Any) -> list[Entry]:
     return cast(list[Entry], reply or [])
 
 
-def _head(reply: Any) -> tuple[StreamHead, str]:
-    """head.lua's reply: the stream's head and the epoch ('' when not asked for)."""
-    last, first, removed, epoch, _ = reply
+def _stream_state(reply: Any) -> StreamState:
+    """One stream of head.lua's reply (the epoch is '' when it was not asked for)."""
+    last, first, removed, epoch, holds, max_deleted = reply
     head = StreamHead(
         last_generated=StreamId.parse(last),
         first_retained=StreamId.parse(first) if first else None,
         trimmed=int(removed) > 0,
+        max_deleted=StreamId.parse(max_deleted),
     )
-    return head, epoch.decode("ascii")
+    return StreamState(epoch=epoch.decode("ascii"), head=head, holds_position=holds == 1)
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -92,6 +114,14 @@ def _entries(reply: Any) -> list[Entry]:
     if not reply:
         return []
     return cast(list[Entry], reply[0][1])
+
+
+_REPLAYED, _KEY_REUSED = 1, 2  # publish.lua's outcomes with a key (0: stored)
+
+
+def _digest(event_type: str, payload: bytes) -> str:
+    """What an idempotent publish is compared by: its type and payload."""
+    return hashlib.sha256(event_type.encode() + b"\0" + payload).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +154,7 @@ class Store:
 
     @classmethod
     def configured(cls, redis: aioredis.Redis, settings: Settings) -> Store:
+        """A store with the retention and idempotency window of `settings`."""
         return cls(
             redis,
             retention=settings.retention,
@@ -135,44 +166,60 @@ class Store:
         await self.redis.ping()
 
     async def publish(
-        self, account: str, event_type: str, payload: bytes, *, key: str | None = None
+        self,
+        account: str,
+        event_type: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        publisher: str = "",
     ) -> Published:
         """Store one event and its index entry atomically.
 
-        `payload` is JSON text (`encode_payload`). With an idempotency `key`, a repeat within
-        the window stores nothing and answers the first event's ID. Raises `Unavailable` when
-        the command certainly did not reach Redis, and `OutcomeUnknown` when it was sent and
-        no answer came: the event may then be stored (a retry with a key is safe).
+        `payload` is JSON text (`encode_payload`). With an idempotency `key`, a repeat by the
+        same `publisher` within the window stores nothing and answers the first event's ID;
+        the key reused for another event raises `IdempotencyConflict`. Raises `Unavailable`
+        when the event was certainly not stored (Redis not reached, or refusing writes), and
+        `OutcomeUnknown` when the command was sent and no answer came: the event may then be
+        stored (a retry with a key is safe).
         """
         keys_ = [keys.account_log(account), keys.INDEX, keys.account_epoch(account)]
         args = [account, event_type, payload, self._retention, self._index_retention]
         if key is not None:
-            keys_.append(keys.idempotency(account, key))
-            args.append(self._idempotency_window)
+            keys_.append(keys.idempotency(account, publisher, key))
+            args += [self._idempotency_window, _digest(event_type, payload)]
         pool = self.redis.connection_pool
         try:
             # Connected and checked, nothing sent yet: any failure so far is a clean 503.
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        except UNAVAILABLE as error:
+        except (RedisError, OSError) as error:
             raise Unavailable(f"Redis is unavailable: {error}") from None
         try:
             try:
-                event_id = await self._evalsha(connection, keys_, args)
+                reply = await self._evalsha(connection, keys_, args)
             except NoScriptError:  # a script cache emptied by a restart: nothing ran
                 await connection.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
                 await connection.read_response()
-                event_id = await self._evalsha(connection, keys_, args)
-        except UNAVAILABLE as error:
+                reply = await self._evalsha(connection, keys_, args)
+        except (RedisError, OSError) as error:
+            if _refused(error):
+                raise Unavailable(f"Redis refused the publish: {error}") from None
+            if not isinstance(error, (*UNAVAILABLE, OSError)):
+                raise  # a failing script: a bug, or a key of the wrong type
             await connection.disconnect()  # a late reply must not reach the next caller
             raise OutcomeUnknown(
                 f"Redis did not confirm the publish ({error}); it may have been stored"
             ) from None
         finally:
             await pool.release(connection)
-        if isinstance(event_id, list):
-            event_id, replayed = event_id
-            return Published(event_id.decode("ascii"), replayed=replayed == 1)
-        return Published(cast(bytes, event_id).decode("ascii"))
+        if not isinstance(reply, list):
+            return Published(cast(bytes, reply).decode("ascii"))
+        event_id, outcome = reply[0].decode("ascii"), int(reply[1])
+        if outcome == _KEY_REUSED:
+            raise IdempotencyConflict(
+                f"idempotency key already used for event {event_id}, with another type or payload"
+            )
+        return Published(event_id, replayed=outcome == _REPLAYED)
 
     async def _evalsha(self, connection: Any, keys_: list[str], args: list[Any]) -> Any:
         await connection.send_command("EVALSHA", self._publish.sha, len(keys_), *keys_, *args)
@@ -184,19 +231,19 @@ class Store:
         streams = [k for a, _ in opens for k in (keys.account_log(a), keys.account_epoch(a))]
         positions = ["" if p == ZERO else str(p) for _, p in opens]
         replies = await self._head(keys=streams, args=[2, *positions])
-        return [
-            StreamState(epoch=epoch, head=head, holds_position=reply[4] == 1)
-            for reply, (head, epoch) in zip(replies, map(_head, replies), strict=True)
-        ]
+        return [_stream_state(reply) for reply in replies]
 
     async def account_heads(self, accounts: list[str]) -> dict[str, StreamHead]:
         """The heads of several accounts' streams, in one command."""
         replies = await self._head(keys=[keys.account_log(a) for a in accounts], args=[1])
-        return {account: _head(reply)[0] for account, reply in zip(accounts, replies, strict=True)}
+        return {
+            account: _stream_state(reply).head
+            for account, reply in zip(accounts, replies, strict=True)
+        }
 
     async def index_head(self) -> StreamHead:
         (reply,) = await self._head(keys=[keys.INDEX], args=[1])
-        return _head(reply)[0]
+        return _stream_state(reply).head
 
     async def read_many(
         self, positions: list[tuple[str, StreamId]], count: int
@@ -243,6 +290,8 @@ class Store:
             raise EmailTaken(f"{email} is already taken")
         try:
             await self.publish(account, ACCOUNT_CREATED, encode_payload({"email": email}))
+        except OutcomeUnknown:
+            raise  # the account may exist: keep its address reserved
         except Exception:
             try:
                 await self._release(keys=[keys.email(email)], args=[account])

@@ -4,10 +4,10 @@ bounded time, and every client frame checked to be masked.
 Closing: aiohttp's `close` waits, without a deadline, to hand the close frame to a client that
 may read nothing; when a timed-out send left its drain waiter cancelled, it raises
 `CancelledError` at once; and when it gives up it closes the transport gracefully, which keeps
-the connection until the client takes the rest of the buffer — that is, forever. Every close,
-the hub's and aiohttp's own on a protocol error, goes through `HubWebSocket.close`: at most
-`CLOSE_TIMEOUT` for the handshake and for the client to take what is queued for it, then a
-reset.
+the connection until the client takes the rest of the buffer, the transport's and the kernel's
+behind it — that is, forever. Every close, the hub's and aiohttp's own on a protocol error,
+goes through `HubWebSocket.close`: at most `CLOSE_TIMEOUT` for the handshake and for the client
+to take what is on its way to it, then a reset (`HeldSocket`).
 
 What it assumes of aiohttp (pinned in pyproject.toml, checked by tests/test_hostile.py):
 aiohttp closes through `self.close(code=...)`; `_post_start` creates the message queue as
@@ -26,10 +26,22 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_websocket import WebSocketError
 
-from hub.aio import reset_connection
+from hub.aio import HeldSocket
 from hub.frames import MaskedFrames
 
 CLOSE_TIMEOUT = 5.0  # for the close handshake: longer, and the connection is reset
+
+
+async def _until_taken(
+    held: HeldSocket | None, transport: asyncio.Transport, deadline: float
+) -> None:
+    """Wait until the client has taken all that is on its way to it, or `deadline`."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        unsent = held.unsent() if held is not None else transport.get_write_buffer_size()
+        if not unsent:
+            return
+        await asyncio.sleep(0.05)  # nothing signals "taken": aiohttp's drain waiter is broken
 
 
 class _MaskChecked:
@@ -66,39 +78,36 @@ class HubWebSocket(web.WebSocketResponse):
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
-        """Close within `CLOSE_TIMEOUT`; then reset the connection if the client has not
-        taken everything sent to it, close frame included."""
+        """Close within `CLOSE_TIMEOUT`: the client has until then to take what is on its way
+        to it, close frame included, or the connection is reset. (aiohttp may consider a
+        close done with all of it still in the kernel.) A cancellation resets it at once."""
+        transport = self._transport
+        if self.closed or transport is None:
+            return await super().close(code=code, message=message, drain=drain)
+        held = HeldSocket.of(transport)
         deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
         try:
-            async with asyncio.timeout_at(deadline):
-                closed = await super().close(code=code, message=message, drain=drain)
-        except (TimeoutError, ConnectionResetError):
-            closed = True  # a client that reads nothing cannot even take the close frame
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                self._reset()
-                raise  # our own task is being cancelled
-            # aiohttp's drain waiter, left cancelled by a timed-out send: the close frame is
-            # queued all the same, behind what the client has not read yet.
-            closed = True
-        await self._flush_or_reset(deadline)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    closed = await super().close(code=code, message=message, drain=drain)
+            except (TimeoutError, ConnectionResetError):
+                closed = True  # a client that reads nothing cannot even take the close frame
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our own task is being cancelled
+                # aiohttp's drain waiter, left cancelled by a timed-out send: the close frame
+                # is queued all the same, behind what the client has not read yet.
+                closed = True
+            await _until_taken(held, transport, deadline)
+        finally:
+            # Whatever ended the wait, a cancellation included: what is still unsent now
+            # never will be.
+            if held is not None:
+                held.let_go(reset=held.unsent() > 0)
+            elif transport.get_write_buffer_size():
+                transport.abort()
         return closed
-
-    async def _flush_or_reset(self, deadline: float) -> None:
-        """Give the client until `deadline` to take what is queued for it, then reset."""
-        transport = self._transport
-        if transport is None:
-            return
-        loop = asyncio.get_running_loop()
-        while transport.get_write_buffer_size() and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # no event says "drained": aiohttp's waiter is broken
-        if transport.get_write_buffer_size():
-            self._reset()
-
-    def _reset(self) -> None:
-        if self._transport is not None:
-            reset_connection(self._transport)
 
     @property
     def _parser(self) -> Any:

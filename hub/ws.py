@@ -51,17 +51,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             account=session.account,
             conn=session.conn,
             last_id=str(session.cursor),
-            code=_code(session.close_code or ws.close_code),
+            code=session.close_code,
         )
     finally:
         registry.unregister(session.account, session.signal)
         sessions.discard(session)
     return ws
-
-
-def _code(code: int | None) -> int | None:
-    """A close code as a plain number (aiohttp gives some as enum members)."""
-    return None if code is None else int(code)
 
 
 async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str]:

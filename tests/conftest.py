@@ -20,7 +20,8 @@ class HubTestServer(TestServer):
     """A test server on the hub's own runner (the one `hub serve` uses)."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return HubRunner(self.app, **kwargs)
+        # As `hub serve` runs: a connection lost does not cancel its handler.
+        return HubRunner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
 @pytest.fixture(scope="session")

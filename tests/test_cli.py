@@ -105,8 +105,13 @@ def test_embedded_redis_keeps_events_and_does_not_outlive_the_hub(
         "publish", "1", "Note", "not json", "--key", "k", env=serve_env, cwd=tmp_path
     )
     assert published.returncode == 0, published.stderr
-    again = hub_command("publish", "1", "Note", "twice", "--key", "k", env=serve_env, cwd=tmp_path)
+    again = hub_command(
+        "publish", "1", "Note", "not json", "--key", "k", env=serve_env, cwd=tmp_path
+    )
     assert again.stdout == published.stdout  # the same event: stored once
+    other = hub_command("publish", "1", "Note", "other", "--key", "k", env=serve_env, cwd=tmp_path)
+    assert other.returncode == 2
+    assert "idempotency key already used" in other.stderr
 
     # A second hub may not share the data directory.
     other = hub_command("serve", env={**serve_env, "HUB_PORT": str(free_port())}, cwd=tmp_path)

@@ -151,6 +151,18 @@ def test_a_position_missing_from_a_stream_that_should_hold_it_is_not_recovered()
     ).recovered
 
 
+def test_a_position_deleted_by_xdel_is_not_expected_in_the_stream() -> None:
+    deleted = StreamHead(
+        last_generated=StreamId(9, 0),
+        first_retained=StreamId(1, 0),
+        trimmed=True,
+        max_deleted=StreamId(5, 0),
+    )
+    assert not deleted.should_hold(StreamId(5, 0))
+    assert not deleted.should_hold(StreamId(3, 0))
+    assert deleted.should_hold(StreamId(6, 0))
+
+
 def test_a_start_cursor_is_a_position_the_stream_agrees_with() -> None:
     """From the start of an untrimmed stream the cursor stays 0-0: a client closed before
     anything was delivered resumes from there (its close reason) without a false alarm."""

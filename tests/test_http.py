@@ -222,6 +222,44 @@ async def test_a_publish_repeated_with_its_idempotency_key_stores_nothing(
     assert redis.xlen("account:a:log") == 2
 
 
+async def test_idempotency_keys_are_each_publisher_s_own_and_name_one_event(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """Two publishers' keys never collide; one publisher's key reused for another event is a
+    mistake, answered 422 rather than replaying an event that is not the one meant."""
+    body = {"type": "T", "payload": 1}
+    mine = {**bearer("billing", "*"), "Idempotency-Key": "7"}
+    theirs = {**bearer("shipping", "*"), "Idempotency-Key": "7"}
+    first = await client.post("/accounts/a/events", json=body, headers=mine)
+    other = await client.post("/accounts/a/events", json=body, headers=theirs)
+    assert (first.status, other.status) == (201, 201)
+    assert (await first.json())["id"] != (await other.json())["id"]
+    changed = await client.post(
+        "/accounts/a/events", json={"type": "T", "payload": 2}, headers=mine
+    )
+    assert (changed.status, (await changed.json())["error"]) == (422, "idempotency_key_reused")
+    assert redis_server.client().xlen("account:a:log") == 2
+
+
+async def test_a_redis_that_refuses_writes_gives_503_and_stores_nothing(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    """Out of memory (like loading, read-only, failing persistence) is refused before the
+    publish script writes anything: 503, safe to retry, never 500 or 504."""
+    client = await make_client(settings, redis_url=own_redis.url)
+    redis = own_redis.client()
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", 1)
+    try:
+        response = await client.post(
+            "/accounts/a/events", json={"type": "T"}, headers=bearer("svc", "*")
+        )
+        assert (response.status, (await response.json())["error"]) == (503, "unavailable")
+    finally:
+        redis.config_set("maxmemory", 0)
+    assert redis.xlen("account:a:log") == 0
+
+
 @pytest.mark.parametrize("key", ["", "k" * 129, "tab\there"])
 async def test_idempotency_keys_are_checked(client: Client, key: str) -> None:
     headers = {**bearer("svc", "*"), "Idempotency-Key": key}

@@ -77,12 +77,15 @@ async def test_benchmark_compares_the_hub_with_the_floor(tmp_path: Path) -> None
 async def test_probe_prints_a_table_of_verdicts(
     make_client: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    client = await make_client(settings)
+    client = await make_client(settings, body_timeout=1.0)
     url = str(client.make_url("")).rstrip("/")
     env = {**os.environ, "HUB_SECRET": SECRET}
+    # fmt: off
     code, output = await run(
-        "scripts/probe.py", "--url", url, "--quick", "--json", str(tmp_path / "p.json"), env=env
+        "scripts/probe.py", "--url", url, "--quick", "--body-timeout", "1",
+        "--json", str(tmp_path / "p.json"), env=env,
     )
+    # fmt: on
     assert code == 0, output
     rows = json.loads((tmp_path / "p.json").read_text())
     assert {row["probe"] for row in rows} >= {"unmasked frame", "payload 255 levels deep"}

@@ -10,6 +10,7 @@ from aiohttp import WSMsgType
 
 from hub.config import Settings
 from hub.protocol import CloseCode
+from hub.state import SESSIONS
 from tests.support import (
     RedisServer,
     bearer,
@@ -19,6 +20,7 @@ from tests.support import (
     receive_json,
     receive_text,
     token,
+    wait_until,
 )
 
 Client = Any
@@ -119,6 +121,25 @@ async def test_errors_keep_the_socket_open(client: Client, message: str, code: s
     assert error["ref"] == (9 if '"ref"' in message else None)
     await ws.send_str("ping")
     assert await receive_text(ws) == "pong"
+
+
+async def test_close_codes_are_those_the_client_got(make_client: Any, settings: Settings) -> None:
+    """What `session_closed` logs: the code the hub sent, the client's own, or 1006 when no
+    close frame was exchanged (here: no pong to the hub's ping)."""
+    client = await make_client(settings, heartbeat=0.2)
+    sessions = client.app[SESSIONS]
+    silent = await client.ws_connect("/ws/1", headers=bearer("1"), autoping=False)
+    await receive_json(silent)
+    [session] = sessions
+    await wait_until(lambda: not sessions, what="the missed pong to close the socket")
+    assert session.close_code == 1006
+
+    polite = await client.ws_connect("/ws/1", headers=bearer("1"))
+    await receive_json(polite)
+    [session] = sessions
+    await polite.close(code=4321)
+    await wait_until(lambda: not sessions, what="the client's close")
+    assert session.close_code == 4321
 
 
 async def test_binary_messages_get_an_error_frame(client: Client) -> None:
@@ -347,3 +368,6 @@ async def test_a_socket_publish_with_a_key_is_stored_once(
     await ws.send_json({**message, "key": 5, "ref": 3})
     error = await receive_json(ws)
     assert (error["ref"], error["code"]) == (3, "invalid_idempotency_key")
+    await ws.send_json({**message, "payload": 2, "ref": 4})
+    conflict = await receive_json(ws)
+    assert (conflict["ref"], conflict["code"]) == (4, "idempotency_key_reused")

@@ -343,24 +343,64 @@ async def stuck_client(target: Target) -> Outcome:
     try:
         await welcome(connection)
         connection.stop_reading()
-        # More than the kernel's buffers hold (4 MB each way by default on Linux), in events
-        # that each fit in one HTTP body.
-        big = orjson.dumps("x" * (min(target.max_message, 65536) - 100))
-        for _ in range(12_000_000 // len(big)):
-            reply = await target.publish(account, big)
-            if reply.status != 201:
-                return Outcome(f"publish answered {answer(reply)}", False)
-        started = time.monotonic()
-        deadline = started + target.send_timeout + 15
-        while time.monotonic() < deadline:
-            state = connection.tcp_state()
-            if state in (raw.TCP_STATE_CLOSE, raw.TCP_STATE_CLOSE_WAIT):
-                elapsed = time.monotonic() - started
-                return Outcome(f"released after {elapsed:.0f} s", True, elapsed)
-            await asyncio.sleep(0.2)
-        return Outcome(f"still held after {target.send_timeout + 15:.0f} s", False)
+        # More than the kernel's buffers hold (4 MB each way by default on Linux).
+        failed = await publish_big(target, account, 12_000_000)
+        if failed:
+            return failed
+        return await released(connection, target.send_timeout + 15)
     finally:
         await connection.close()
+
+
+@probe(
+    "stuck client, token expires",
+    "read nothing, hold 600 KB unread, let the token expire",
+    slow=True,
+)
+async def stuck_client_expiring(target: Target) -> Outcome:
+    """The same for a close the hub decides while its own buffers are empty: everything
+    unread waits in the kernel, which would keep it, and the connection, for minutes."""
+    account = target.account()
+    if target.token(account) is None:
+        return Outcome("skipped: the hub has no auth", True)
+    expiry = int(time.time()) + 3
+    connection, _ = await raw.websocket(
+        target.host,
+        target.port,
+        f"/ws/{account}",
+        headers=target.auth(account, exp=expiry),
+        receive_buffer=4096,
+    )
+    try:
+        await welcome(connection)
+        connection.stop_reading()
+        failed = await publish_big(target, account, 600_000)
+        if failed:
+            return failed
+        return await released(connection, expiry - time.time() + 15)
+    finally:
+        await connection.close()
+
+
+async def publish_big(target: Target, account: str, size: int) -> Outcome | None:
+    """Publish about `size` bytes of events that each fit in one HTTP body."""
+    big = orjson.dumps("x" * (min(target.max_message, 65536) - 100))
+    for _ in range(size // len(big)):
+        reply = await target.publish(account, big)
+        if reply.status != 201:
+            return Outcome(f"publish answered {answer(reply)}", False)
+    return None
+
+
+async def released(connection: raw.Connection, limit: float) -> Outcome:
+    """Whether the hub ends a connection that reads nothing within `limit` seconds, as the
+    kernel sees it (the client cannot read a close)."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < limit:
+        if connection.tcp_state() in (raw.TCP_STATE_CLOSE, raw.TCP_STATE_CLOSE_WAIT):
+            return Outcome(f"released after {elapsed:.0f} s", True, elapsed)
+        await asyncio.sleep(0.2)
+    return Outcome(f"still held after {limit:.0f} s", False)
 
 
 async def run(target: Target, name: str) -> Outcome:
