@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from importlib.resources import files
 from typing import Any
 
 import orjson
@@ -40,6 +41,8 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 SUBPROTOCOL = "hub"
 BEARER_SUBPROTOCOL = "bearer."
+
+OPENAPI = files("hub").joinpath("openapi.json").read_bytes()
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -175,6 +178,13 @@ async def root(_: web.Request) -> web.Response:
 @json_errors
 async def healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+@routes.get("/openapi.json")
+@json_errors
+async def openapi(_: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API, kept beside the code (hub/openapi.json)."""
+    return web.Response(body=OPENAPI, content_type="application/json")
 
 
 @routes.get("/readyz")

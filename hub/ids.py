@@ -114,7 +114,8 @@ def trimmed_past(first_retained: StreamId | None, position: StreamId) -> bool:
     return first_retained is not None and first_retained > position.next()
 
 
-_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
+_ADDRESS_PART = r"[^@\s\x00-\x1f\x7f-\x9f]+"  # no @, whitespace or control characters
+_EMAIL = re.compile(rf"{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}")
 MAX_EMAIL_LENGTH = 254
 
 

@@ -265,3 +265,24 @@ async def test_idempotency_keys_are_checked(client: Client, key: str) -> None:
     headers = {**bearer("svc", "*"), "Idempotency-Key": key}
     response = await client.post("/accounts/a/events", json={"type": "T"}, headers=headers)
     assert (response.status, (await response.json())["error"]) == (400, "invalid_idempotency_key")
+
+
+async def test_the_openapi_document_is_valid_and_describes_every_route(client: Client) -> None:
+    from openapi_spec_validator import validate
+
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    validate(document)
+    documented = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    served = {
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    assert documented == served
