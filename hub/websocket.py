@@ -80,7 +80,8 @@ class HubWebSocket(web.WebSocketResponse):
     ) -> bool:
         """Close within `CLOSE_TIMEOUT`: the client has until then to take what is on its way
         to it, close frame included, or the connection is reset. (aiohttp may consider a
-        close done with all of it still in the kernel.) A cancellation resets it at once."""
+        close done with all of it still in the kernel.) A cancellation ends the wait early,
+        with the same rule: whatever is unsent then is reset."""
         transport = self._transport
         if self.closed or transport is None:
             return await super().close(code=code, message=message, drain=drain)
