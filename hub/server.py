@@ -15,6 +15,7 @@ unhandled exceptions through `handle_error(request, status, exc, message)`.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any
 
@@ -114,9 +115,8 @@ async def serve(app: web.Application, settings: Settings) -> None:
         try:
             await site.start()
         except OSError as error:
-            raise HubError(
-                f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}"
-            ) from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise HubError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
         await stop.wait()
         log.info("hub_stopping")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +187,19 @@ def test_tokens_never_reach_the_logs(
     assert good not in log
     assert bad not in log
     assert good.split(".")[2] not in log  # not even the signature
+
+
+def test_a_busy_port_is_one_line_and_leaves_no_redis(
+    tmp_path: Path, serve_env: dict[str, str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = hub_command("serve", env={**serve_env, "HUB_PORT": str(port)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"hub: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "redis.sock").exists()
