@@ -13,15 +13,17 @@ from redis.exceptions import RedisError
 from hub.aio import Coalesced, consume_result
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
-from hub.http import json_router_errors
+from hub.http import cors_headers, json_router_errors
 from hub.http import routes as http_routes
 from hub.notifier import Notifier
+from hub.origins import OriginPolicy
 from hub.protocol import CloseCode
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
 from hub.state import (
     NOTIFIER,
+    ORIGINS,
     READER,
     REDIS_URL,
     REGISTRY,
@@ -48,7 +50,9 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     )
     app.on_response_prepare.append(json_router_errors)
     app.on_response_prepare.append(_server_header)
+    app.on_response_prepare.append(cors_headers)
     app[SETTINGS] = settings
+    app[ORIGINS] = OriginPolicy(settings.allowed_origins)
     app[REGISTRY] = Registry()
     app[SESSIONS] = set()
     url = redis_url or settings.redis_url

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from hub.errors import ConfigError
 from hub.ids import parse_decimal
+from hub.origins import normalize
 
 MIN_SECRET_LENGTH = 32
 T = TypeVar("T")
@@ -200,7 +201,7 @@ def _auth(name: str, value: str) -> AuthMode:
 
 
 def _origins(name: str, value: str) -> frozenset[str]:
-    origins = frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    origins = frozenset(normalize(o.strip()) for o in value.split(",") if o.strip())
     for origin in origins:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:

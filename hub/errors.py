@@ -8,6 +8,7 @@ HubError
     ├── Forbidden        403: the token lacks the right, or the Origin is not allowed
     ├── RequestTimeout   408: the request body did not arrive in time
     ├── EmailTaken       409: the address is reserved by another account
+    ├── UnsupportedMediaType 415: a request body that is not application/json
     ├── IdempotencyConflict  422: an idempotency key reused for another event
     ├── Unavailable      503: Redis was not reached; nothing was done, retry later
     └── OutcomeUnknown   504: a command was sent and no answer came; it may have run
@@ -62,6 +63,11 @@ class RequestTimeout(RequestError):
 class EmailTaken(RequestError):
     status = 409
     code = "email_taken"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class IdempotencyConflict(RequestError):

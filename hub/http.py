@@ -20,7 +20,14 @@ from redis.exceptions import RedisError
 from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
-from hub.errors import BadRequest, Forbidden, RequestError, RequestTimeout, Unauthorized
+from hub.errors import (
+    BadRequest,
+    Forbidden,
+    RequestError,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from hub.events import JSON, encode_payload, parse_json, validate_type
 from hub.ids import (
     ZERO,
@@ -30,7 +37,8 @@ from hub.ids import (
     validate_account_id,
     validate_idempotency_key,
 )
-from hub.state import NOTIFIER, SETTINGS, STORE
+from hub.origins import CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS
+from hub.state import NOTIFIER, ORIGINS, SETTINGS, STORE
 from hub.store import UNAVAILABLE
 
 DEFAULT_HISTORY_LIMIT = 100
@@ -113,28 +121,44 @@ async def json_router_errors(request: web.BaseRequest, response: web.StreamRespo
 # --- helpers shared with the WebSocket endpoint ----------------------------------------------
 
 
-def presented_token(request: web.Request) -> str | None:
-    """The token, from the first of: Authorization, subprotocol, cookie, query string."""
+def offered_subprotocols(request: web.BaseRequest) -> list[str]:
+    return [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")]
+
+
+def presented_token(request: web.Request) -> tuple[str, bool] | None:
+    """The token, from the first of: Authorization, subprotocol, cookie, query string; and
+    whether it came from the cookie (which a browser attaches by itself)."""
     authorization = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    for item in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(","):
-        offered = item.strip()
+        return credentials.strip(), False
+    for offered in offered_subprotocols(request):
         if offered.startswith(BEARER_SUBPROTOCOL) and len(offered) > len(BEARER_SUBPROTOCOL):
-            return offered.removeprefix(BEARER_SUBPROTOCOL)
-    return request.cookies.get(TOKEN_COOKIE) or request.query.get("token") or None
+            return offered.removeprefix(BEARER_SUBPROTOCOL), False
+    if cookie := request.cookies.get(TOKEN_COOKIE):
+        return cookie, True
+    if query := request.query.get("token"):
+        return query, False
+    return None
 
 
 def authenticate(request: web.Request) -> Claims:
     settings = request.app[SETTINGS]
     if settings.auth is AuthMode.OFF:
         return UNRESTRICTED
-    token = presented_token(request)
-    if token is None:
+    presented = presented_token(request)
+    if presented is None:
         raise Unauthorized("a token is required", code="missing_token")
+    token, from_cookie = presented
+    origin = request.headers.get(hdrs.ORIGIN)
+    if from_cookie and not request.app[ORIGINS].may_use_cookie(origin, request.host):
+        raise _origin_refused(origin)
     assert settings.secret is not None
     return verify(token, settings.secret, time.time())
+
+
+def _origin_refused(origin: str | None) -> Forbidden:
+    return Forbidden(f"origin {(origin or '')[:100]!r} is not allowed", code="origin_not_allowed")
 
 
 def account_param(request: web.Request) -> str:
@@ -142,15 +166,31 @@ def account_param(request: web.Request) -> str:
 
 
 def check_origin(request: web.Request) -> None:
-    allowed = request.app[SETTINGS].allowed_origins
+    """A socket's page must be allowed (see hub.origins); refused with HTTP 403."""
     origin = request.headers.get(hdrs.ORIGIN)
-    if allowed is not None and origin is not None and origin.rstrip("/") not in allowed:
-        raise Forbidden(f"origin {origin[:100]!r} is not allowed", code="origin_not_allowed")
+    if not request.app[ORIGINS].may_open_socket(origin, request.host):
+        raise _origin_refused(origin)
+
+
+async def cors_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: responses to a listed origin say it may read them."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if not isinstance(request, web.Request) or not request.app[ORIGINS].allows_cors(origin):
+        return
+    assert origin is not None
+    response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+    response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+    response.headers.add(hdrs.VARY, hdrs.ORIGIN)
 
 
 async def json_body(request: web.Request) -> dict[str, JSON]:
     """The request's JSON object, read within `body_timeout` (a body that trickles in is
     refused with 408 rather than holding the connection)."""
+    if request.content_type != "application/json":
+        # Also what keeps a cross-site form or text/plain POST (no preflight) out.
+        raise UnsupportedMediaType(
+            "request bodies must be JSON, sent as Content-Type: application/json"
+        )
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_timeout):
             raw = await request.read()
@@ -178,6 +218,21 @@ async def root(_: web.Request) -> web.Response:
 @json_errors
 async def healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+@routes.route(hdrs.METH_OPTIONS, "/accounts/{account_id}/events")
+@routes.route(hdrs.METH_OPTIONS, "/accounts")
+@routes.route(hdrs.METH_OPTIONS, "/openapi.json")
+@json_errors
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight: listed origins may send the API's methods and headers (the CORS
+    headers proper are added to every response to them by `cors_headers`)."""
+    response = web.Response(status=204)
+    if request.app[ORIGINS].allows_cors(request.headers.get(hdrs.ORIGIN)):
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = CORS_METHODS
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = CORS_HEADERS
+        response.headers[hdrs.ACCESS_CONTROL_MAX_AGE] = CORS_MAX_AGE
+    return response
 
 
 @routes.get("/openapi.json")

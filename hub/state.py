@@ -9,12 +9,14 @@ from hub.config import Settings
 from hub.cursor import StreamState
 from hub.ids import StreamId
 from hub.notifier import Notifier
+from hub.origins import OriginPolicy
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
 from hub.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
+ORIGINS = web.AppKey("origins", OriginPolicy)
 REGISTRY = web.AppKey("registry", Registry)
 SESSIONS = web.AppKey[set[Session]]("sessions")
 REDIS_URL = web.AppKey("redis_url", str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from hub.config import Settings
@@ -68,7 +69,8 @@ async def test_missing_payload_is_null(client: Client) -> None:
     ],
 )
 async def test_publish_rejects_bad_bodies(client: Client, body: bytes, code: str) -> None:
-    response = await client.post("/accounts/1/events", data=body, headers=bearer("1", ["1"]))
+    headers = {**bearer("1", ["1"]), "Content-Type": "application/json"}
+    response = await client.post("/accounts/1/events", data=body, headers=headers)
     assert response.status == 400
     assert (await response.json())["error"] == code
 
@@ -283,6 +285,89 @@ async def test_the_openapi_document_is_valid_and_describes_every_route(client: C
     served = {
         (route.method, route.resource.canonical)
         for route in client.app.router.routes()
-        if route.method != "HEAD" and route.resource is not None
+        if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
     }
     assert documented == served
+
+
+APP = "https://app.example.com"
+EVIL = "https://evil.example.com"
+
+
+async def test_cors_for_listed_origins_only(make_client: Any, settings: Settings) -> None:
+    client = await make_client(settings, allowed_origins=frozenset({APP}))
+    preflight = await client.options(
+        "/accounts/1/events",
+        headers={"Origin": APP, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == APP
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "Origin" in preflight.headers.getall("Vary")
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    allowed = preflight.headers["Access-Control-Allow-Headers"]
+    assert {"Authorization", "Content-Type", "Idempotency-Key"} <= set(allowed.split(", "))
+
+    history = await client.get("/accounts/1/events", headers={**bearer("1"), "Origin": APP})
+    assert history.status == 200
+    assert history.headers["Access-Control-Allow-Origin"] == APP
+    assert "Origin" in history.headers.getall("Vary")
+
+    for response in (
+        await client.options("/accounts/1/events", headers={"Origin": EVIL}),
+        await client.get("/accounts/1/events", headers={**bearer("1"), "Origin": EVIL}),
+    ):
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_no_cors_without_an_allowlist(client: Client) -> None:
+    preflight = await client.options("/accounts/1/events", headers={"Origin": APP})
+    history = await client.get("/accounts/1/events", headers={**bearer("1"), "Origin": APP})
+    assert (preflight.status, history.status) == (204, 200)
+    for response in (preflight, history):
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("allowlist", [None, frozenset({APP})])
+async def test_the_cookie_works_only_for_the_hub_s_own_and_listed_pages(
+    make_client: Any, settings: Settings, allowlist: frozenset[str] | None
+) -> None:
+    """A page elsewhere cannot publish with a user's cookie (CSRF): the browser attaches the
+    cookie by itself, so the Origin decides. Requests without Origin are not a page's."""
+    client = await make_client(settings, allowed_origins=allowlist)
+    own = str(client.make_url("")).rstrip("/")
+    cookie = {"Cookie": f"hub_token={token('1', ['1'])}"}
+    body = {"type": "T"}
+
+    async def publish(origin: str | None) -> int:
+        headers = {**cookie, **({"Origin": origin} if origin else {})}
+        response = await client.post("/accounts/1/events", json=body, headers=headers)
+        return response.status
+
+    assert await publish(None) == 201
+    assert await publish(own) == 201
+    assert await publish(APP) == (201 if allowlist else 403)
+    refused = await client.post("/accounts/1/events", json=body, headers={**cookie, "Origin": EVIL})
+    assert (refused.status, (await refused.json())["error"]) == (403, "origin_not_allowed")
+    # A bearer token is not attached by the browser: any page may use it (CORS permitting).
+    bearer_headers = {**bearer("1", ["1"]), "Origin": EVIL}
+    assert (
+        await client.post("/accounts/1/events", json=body, headers=bearer_headers)
+    ).status == 201
+    # Sockets too.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as socket_refused:
+        await client.ws_connect("/ws/1", headers={**cookie, "Origin": EVIL})
+    assert socket_refused.value.status == 403
+
+
+async def test_bodies_must_be_json(client: Client) -> None:
+    """A form or text/plain POST needs no CORS preflight: it is refused by its type."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {**bearer("1", ["1"])}
+        if content_type:
+            headers["Content-Type"] = content_type
+        response = await client.post("/accounts/1/events", data=b'{"type": "T"}', headers=headers)
+        assert (response.status, (await response.json())["error"]) == (
+            415,
+            "unsupported_media_type",
+        )
