@@ -10,6 +10,7 @@ import structlog
 from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
+from hub import logs
 from hub.aio import Coalesced, consume_result
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
@@ -42,6 +43,7 @@ MAX_OPENS_PER_COMMAND = 256  # accounts whose heads one script call reads (Redis
 def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
     """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own."""
     settings.check_serving()
+    logs.keep_tokens_out_of_aiohttp_logs()
     app = web.Application(
         client_max_size=max(settings.max_message, 1024),
         # aiohttp closes a connection that sends no complete request for this long, which

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -36,6 +37,21 @@ def parse_last_id(value: str | None) -> Requested:
             f"invalid last_id {value[:40]!r}: expected 0, $ or a stream ID such as 1700000000000-0",
             code="invalid_last_id",
         ) from None
+
+
+_EPOCH = re.compile(r"[0-9]{1,32}")
+
+
+def parse_epoch(value: str | None) -> str | None:
+    """`?epoch=`: absent, or the digits of an epoch a welcome gave; else BadRequest."""
+    if value is None or value == "":
+        return None
+    if _EPOCH.fullmatch(value) is None:
+        raise BadRequest(
+            f"invalid epoch {value[:40]!r}: expected the digits of a welcome's epoch",
+            code="invalid_epoch",
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

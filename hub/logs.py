@@ -45,6 +45,24 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
 
 
+class _NoOfferedSubprotocols(logging.Filter):
+    """Drops aiohttp's warning that lists a client's offered subprotocols: a browser offers
+    its token as one (`bearer.<token>`), and no log line may hold a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("%s: Client protocols")
+
+
+_SUBPROTOCOL_FILTER = _NoOfferedSubprotocols()
+
+
+def keep_tokens_out_of_aiohttp_logs() -> None:
+    """Install the filter above on aiohttp's WebSocket logger (once; any number of calls)."""
+    logger = logging.getLogger("aiohttp.websocket")
+    if _SUBPROTOCOL_FILTER not in logger.filters:
+        logger.addFilter(_SUBPROTOCOL_FILTER)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One structured line per request, without the query string (it may hold a token)."""
 

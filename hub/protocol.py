@@ -101,6 +101,20 @@ def _parse_op(message: dict[str, Any]) -> ClientMessage:
     return Publish(to, event_type, payload, ref, key=key)
 
 
+def refusal(status: int, code: str) -> CloseCode:
+    """The close code that refuses a browser's upgrade, for the HTTP status and error code
+    the same request would get."""
+    if code == "token_expired":
+        return CloseCode.TOKEN_EXPIRED
+    by_status = {
+        400: CloseCode.BAD_REQUEST,
+        401: CloseCode.UNAUTHORIZED,
+        403: CloseCode.FORBIDDEN,
+        503: CloseCode.TRY_AGAIN_LATER,
+    }
+    return by_status.get(status, CloseCode.INTERNAL_ERROR)
+
+
 def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> bytes:
     return orjson.dumps(
         {
@@ -132,5 +146,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # a bug: reconnect with last_id
     TRY_AGAIN_LATER = 1013  # Redis unreachable for too long: back off, reconnect with last_id
     TOKEN_EXPIRED = 4001  # get a fresh token, reconnect with last_id
+    BAD_REQUEST = 4400  # the upgrade was refused as a 400 would: fix the request, do not retry
+    UNAUTHORIZED = 4401  # missing or invalid token: get a (new) token
+    FORBIDDEN = 4403  # the token may not open this account: do not retry
     SLOW_CONSUMER = 4008  # the client did not read for send_timeout: reconnect with last_id
     LAGGED = 4009  # retention trimmed events this client had not read: reconnect, resync

@@ -8,10 +8,21 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from hub import protocol
 from hub.auth import require
-from hub.cursor import Start, parse_last_id, resolve_start
-from hub.errors import BadRequest, Unavailable
-from hub.http import SUBPROTOCOL, account_param, authenticate, check_origin, error_for
+from hub.config import Settings
+from hub.cursor import Start, parse_epoch, parse_last_id, resolve_start
+from hub.errors import BadRequest, RequestError, Unavailable
+from hub.http import (
+    BEARER_SUBPROTOCOL,
+    SUBPROTOCOL,
+    account_param,
+    authenticate,
+    check_origin,
+    error_for,
+    error_response,
+    offered_subprotocols,
+)
 from hub.session import Session
 from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE, STREAM_STATES
 from hub.websocket import HubWebSocket
@@ -27,6 +38,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
     try:
         session, ws, start, epoch = await _open(request)
+    except RequestError as error:
+        if _browser_refusal(request, error):
+            return await _refuse_in_band(request, error)
+        return error_response(error.status, error.code, error.message)
     except Exception as error:
         response = error_for(error, request.path)
         if response is None:
@@ -59,26 +74,65 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str]:
-    """Check everything, register the session and pin its start, all before the upgrade."""
-    settings = request.app[SETTINGS]
-    account = account_param(request)
-    check_origin(request)
-    claims = authenticate(request)
-    require(claims.may_open(account), f"opening the socket of account {account}")
-    requested = parse_last_id(request.query.get("last_id"))
-    epoch = request.query.get("epoch") or None
-    batched = request.query.get("batch", "0")
-    if batched not in ("0", "1"):
-        raise BadRequest("'batch' must be 0 or 1", code="invalid_batch")
-    ws = HubWebSocket(
-        protocols=(SUBPROTOCOL,),
+_HTTP_ONLY = frozenset({"origin_not_allowed", "subprotocol_required", "not_websocket"})
+
+
+def _browser_refusal(request: web.Request, error: RequestError) -> bool:
+    """Whether to refuse inside an accepted upgrade, with a close code a browser can read
+    (it sees every refused upgrade as a bare 1006): for clients that offer `hub`, past the
+    Origin check, on a request that is a valid upgrade."""
+    return (
+        error.code not in _HTTP_ONLY
+        and SUBPROTOCOL in offered_subprotocols(request)
+        and _socket(request, request.app[SETTINGS]).can_prepare(request).ok
+    )
+
+
+async def _refuse_in_band(request: web.Request, error: RequestError) -> web.StreamResponse:
+    ws = HubWebSocket(protocols=(SUBPROTOCOL,), compress=False)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        return web.Response()
+    code = protocol.refusal(error.status, error.code)
+    log.info("session_refused", code=int(code), reason=error.code)
+    await ws.close(code=code, message=error.code.encode())
+    return ws
+
+
+def _socket(request: web.Request, settings: Settings) -> HubWebSocket:
+    """The response that upgrades to a WebSocket. `hub` is selected when offered; when it
+    is not, the hub offers nothing to match (aiohttp would log the client's offers)."""
+    offered = SUBPROTOCOL in offered_subprotocols(request)
+    return HubWebSocket(
+        protocols=(SUBPROTOCOL,) if offered else (),
         heartbeat=settings.heartbeat,
         max_msg_size=settings.max_message + 1,  # aiohttp refuses messages of this size
         compress=False,
     )
+
+
+async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str]:
+    """Check everything, register the session and pin its start, all before the upgrade."""
+    settings = request.app[SETTINGS]
+    check_origin(request)
+    offered = offered_subprotocols(request)
+    if SUBPROTOCOL not in offered and any(p.startswith(BEARER_SUBPROTOCOL) for p in offered):
+        raise BadRequest(
+            f"a token offered as a subprotocol needs the '{SUBPROTOCOL}' subprotocol offered too",
+            code="subprotocol_required",
+        )
+    ws = _socket(request, settings)
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
+    account = account_param(request)
+    claims = authenticate(request)
+    require(claims.may_open(account), f"opening the socket of account {account}")
+    requested = parse_last_id(request.query.get("last_id"))
+    epoch = parse_epoch(request.query.get("epoch"))
+    batched = request.query.get("batch", "0")
+    if batched not in ("0", "1"):
+        raise BadRequest("'batch' must be 0 or 1", code="invalid_batch")
 
     session = Session(
         account,

@@ -262,10 +262,11 @@ async def test_hub_serve_logs_no_token_no_traceback_and_the_codes_clients_got(
             await connection.close()
         assert codes == [1002, 1009, 1007]
         exp = mint("1", exp=10**400)
-        overflow = await raw.request(
-            "127.0.0.1", port, "GET", "/ws/1", headers={"Authorization": f"Bearer {exp}"}
+        connection, overflow = await raw.websocket(
+            "127.0.0.1", port, "/ws/1", headers={"Authorization": f"Bearer {exp}"}
         )
-        assert overflow.status == 401
+        await connection.close()
+        assert (overflow.status, overflow.json()["error"]) == (401, "invalid_token")
     finally:
         hub.process.send_signal(signal.SIGTERM)
         hub.process.wait(timeout=30)

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from loadlib import raw
 
 from hub.config import Settings
 from hub.protocol import CloseCode
@@ -182,12 +183,16 @@ async def test_the_four_ways_of_presenting_a_token(client: Client, how: str) -> 
     assert ws.welcome["account"] == "1"
 
 
-async def upgrade_status(client: Client, path: str, **kwargs: Any) -> tuple[int, str]:
+async def upgrade_status(
+    client: Client, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """The HTTP status and error code of a refused upgrade (a client not offering `hub`)."""
     with pytest.raises(aiohttp.WSServerHandshakeError) as error:
-        await client.ws_connect(path, **kwargs)
-    response = await client.get(path, headers={**kwargs.get("headers", {})})
-    code = (await response.json())["error"] if response.status >= 400 else ""
-    return error.value.status, code
+        await client.ws_connect(path, headers=headers)
+    connection, reply = await raw.websocket("127.0.0.1", client.server.port, path, headers=headers)
+    await connection.close()
+    assert reply.status == error.value.status
+    return reply.status, reply.json()["error"]
 
 
 async def test_upgrade_refusals(client: Client) -> None:
@@ -246,7 +251,7 @@ async def test_resume_after_an_id_with_the_epoch(client: Client) -> None:
 
 async def test_a_different_epoch_is_not_recovered(client: Client) -> None:
     ids = [await publish(client, "1", n) for n in range(3)]
-    ws = await connect(client, "1", f"?last_id={ids[0]}&epoch=not-the-epoch")
+    ws = await connect(client, "1", f"?last_id={ids[0]}&epoch=123")
     assert ws.welcome["recovered"] is False
 
 
@@ -371,3 +376,70 @@ async def test_a_socket_publish_with_a_key_is_stored_once(
     await ws.send_json({**message, "payload": 2, "ref": 4})
     conflict = await receive_json(ws)
     assert (conflict["ref"], conflict["code"]) == (4, "idempotency_key_reused")
+
+
+async def refusal_in_band(client: Client, path: str, protocols: tuple[str, ...]) -> tuple[Any, Any]:
+    """A client offering `hub` (a browser's way): the upgrade is accepted, then closed at
+    once with a code and reason it can read. Returns the close code and reason."""
+    ws = await client.ws_connect(path, protocols=protocols)
+    assert ws.protocol == "hub"
+    message = await ws.receive(timeout=10)
+    assert message.type is WSMsgType.CLOSE, message
+    return message.data, message.extra
+
+
+async def test_browsers_read_why_an_upgrade_was_refused(client: Client) -> None:
+    def offer(subject: str = "1", **options: Any) -> tuple[str, ...]:
+        return ("hub", f"bearer.{token(subject, **options)}")
+
+    cases = [
+        ("/ws/1", ("hub",), (4401, "missing_token")),
+        ("/ws/1", ("hub", "bearer.junk"), (4401, "invalid_token")),
+        ("/ws/1", offer(ttl=-1), (4001, "token_expired")),
+        ("/ws/2", offer(), (4403, "forbidden")),
+        ("/ws/1?last_id=latest", offer(), (4400, "invalid_last_id")),
+        ("/ws/1?epoch=x", offer(), (4400, "invalid_epoch")),
+        ("/ws/1?batch=2", offer(), (4400, "invalid_batch")),
+        ("/ws/a:b", offer("1"), (4400, "invalid_account")),
+    ]
+    for path, protocols, expected in cases:
+        assert await refusal_in_band(client, path, protocols) == expected, path
+    # The same requests without `hub` keep their HTTP answers.
+    assert await upgrade_status(client, "/ws/2", headers=bearer("1")) == (403, "forbidden")
+
+
+async def test_redis_down_is_1013_for_browsers(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url)
+    own_redis.stop()
+    offer = ("hub", f"bearer.{token('1')}")
+    assert await refusal_in_band(client, "/ws/1", offer) == (1013, "unavailable")
+
+
+async def test_a_token_subprotocol_needs_hub_and_is_never_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = token("1")
+    assert await upgrade_status(
+        client, "/ws/1", headers={"Sec-WebSocket-Protocol": f"bearer.{secret}"}
+    ) == (400, "subprotocol_required")
+    # Offers that match nothing are not logged either (aiohttp would print them).
+    ws = await client.ws_connect("/ws/1", protocols=("other", f"x.{secret}"), headers=bearer("1"))
+    assert ws.protocol is None
+    await receive_json(ws)
+    assert secret not in caplog.text
+    assert secret.split(".")[2] not in caplog.text
+
+
+async def test_a_refused_origin_is_http_403_even_for_browsers(
+    make_client: Any, settings: Settings
+) -> None:
+    client = await make_client(settings, allowed_origins=frozenset({"https://app.example.com"}))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(
+            "/ws/1",
+            protocols=("hub", f"bearer.{token('1')}"),
+            headers={"Origin": "https://evil.example.com"},
+        )
+    assert refused.value.status == 403
