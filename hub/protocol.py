@@ -38,13 +38,21 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """Replace the socket's token (refresh before expiry); `ref` is echoed in the answer."""
+
+    token: str
+    ref: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
 class Invalid:
     code: str
     message: str
     ref: JSON = None
 
 
-ClientMessage = Ping | Publish | Invalid
+ClientMessage = Ping | Publish | Auth | Invalid
 
 
 def seed_payload(recipient: str, sender: str) -> str:
@@ -81,8 +89,13 @@ def parse_message(text: str, sender: str) -> ClientMessage:
 def _parse_op(message: dict[str, Any]) -> ClientMessage:
     ref = message.get("ref")
     op = message.get("op")
+    if op == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            return Invalid("invalid_token", "'token' must be a token string", ref)
+        return Auth(token, ref)
     if op != "publish":
-        return Invalid("unknown_op", f"unknown op {str(op)[:40]!r}; known: 'publish'", ref)
+        return Invalid("unknown_op", f"unknown op {str(op)[:40]!r}; known: 'publish', 'auth'", ref)
     to = message.get("to")
     if not isinstance(to, str):
         return Invalid("invalid_account", "'to' must be an account ID string", ref)
@@ -127,8 +140,11 @@ def welcome(account: str, last_id: StreamId, epoch: str, recovered: bool) -> byt
     )
 
 
-def ack(ref: JSON, event_id: str, *, replayed: bool = False) -> bytes:
-    """`replayed`: an earlier publish with the same idempotency key stored the event."""
+def ack(ref: JSON, event_id: str | None = None, *, replayed: bool = False) -> bytes:
+    """A publish's ack carries the event ID (`replayed`: an earlier publish with the same
+    idempotency key stored it); an auth's ack has no ID."""
+    if event_id is None:
+        return orjson.dumps({"op": "ack", "ref": ref})
     if replayed:
         return orjson.dumps({"op": "ack", "ref": ref, "id": event_id, "replayed": True})
     return orjson.dumps({"op": "ack", "ref": ref, "id": event_id})

@@ -29,12 +29,12 @@ from redis.exceptions import RedisError
 
 from hub import protocol
 from hub.aio import Backoff, uncancellable
-from hub.auth import Claims
+from hub.auth import Claims, verify
 from hub.config import Settings
 from hub.cursor import Start
-from hub.errors import IdempotencyConflict, RequestError
+from hub.errors import IdempotencyConflict, RequestError, Unauthorized
 from hub.ids import StreamId
-from hub.protocol import CloseCode, Invalid, Ping, Publish
+from hub.protocol import Auth, CloseCode, Invalid, Ping, Publish
 from hub.reads import Batch, Reader
 from hub.registry import Signal
 from hub.store import Store
@@ -50,6 +50,7 @@ class Session:
 
     __slots__ = (
         "_close_code",
+        "_expiry",
         "_failing_since",
         "_parked",
         "_poked",
@@ -105,6 +106,7 @@ class Session:
         self._stop: CloseCode | None = None
         self._read_backoff: Backoff | None = None
         self._failing_since: float | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry
         self._ws: HubWebSocket | None = None
         self._request: web.Request | None = None
 
@@ -183,7 +185,7 @@ class Session:
             await self._send(protocol.welcome(self.account, start.reported, epoch, start.recovered))
         except ConnectionResetError:
             return  # gone right after the handshake
-        expiry = self._schedule_expiry()
+        self._schedule_expiry()
         delivery = asyncio.create_task(
             self._deliver(read_now=start.catch_up), name=f"deliver:{self.account}"
         )
@@ -193,18 +195,22 @@ class Session:
             delivery.cancel()  # the server is being torn down: do not wait for the client
             raise
         finally:
-            if expiry is not None:
-                expiry.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             self.stop(CloseCode.GOING_AWAY)
             # The delivery task finishes its read (never cancelled mid-command) and closes.
             await delivery
 
-    def _schedule_expiry(self) -> asyncio.TimerHandle | None:
+    def _schedule_expiry(self) -> None:
+        """Close with 4001 when the token expires (again after each refresh)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self.claims.expires_at is None:
-            return None
+            return
         loop = asyncio.get_running_loop()
         delay = max(0.0, self.claims.expires_at - time.time())
-        return loop.call_later(delay, self.stop, CloseCode.TOKEN_EXPIRED)
+        self._expiry = loop.call_later(delay, self.stop, CloseCode.TOKEN_EXPIRED)
 
     # --- the delivery task: the socket's writer (see the module doc for the push) ------------
 
@@ -374,6 +380,28 @@ class Session:
             await self._reply(protocol.error(message.ref, message.code, message.message))
         elif isinstance(message, Publish):
             await self._publish(message)
+        elif isinstance(message, Auth):
+            await self._refresh(message)
+
+    async def _refresh(self, message: Auth) -> None:
+        """Take a fresh token for the same account: its expiry and rights replace the old."""
+        secret = self._settings.secret
+        if self.claims.unrestricted or secret is None:
+            await self._reply(protocol.ack(message.ref))  # HUB_AUTH=off: nothing expires
+            return
+        try:
+            claims = verify(message.token, secret, time.time())
+        except Unauthorized as error:
+            await self._reply(protocol.error(message.ref, error.code, error.message))
+            return
+        if claims.subject != self.claims.subject:
+            await self._reply(
+                protocol.error(message.ref, "forbidden", "the token is for another account")
+            )
+            return
+        self.claims = claims
+        self._schedule_expiry()
+        await self._reply(protocol.ack(message.ref))
 
     async def _publish(self, message: Publish) -> None:
         if not self.claims.may_publish(message.to):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import WSMsgType
 from loadlib import raw
@@ -443,3 +445,26 @@ async def test_a_refused_origin_is_http_403_even_for_browsers(
             headers={"Origin": "https://evil.example.com"},
         )
     assert refused.value.status == 403
+
+
+async def test_a_live_socket_takes_a_fresh_token(client: Client) -> None:
+    """`{"op": "auth"}` moves the socket's expiry to the new token's; a token for another
+    account is refused and the socket keeps its old one (and its old expiry)."""
+    short = token("1", ttl=2)
+    expires = jwt.decode(short, options={"verify_signature": False})["exp"]
+    refreshed = await connect(client, "1", headers={"Authorization": f"Bearer {short}"})
+    await refreshed.send_json({"op": "auth", "token": token("1", ttl=3600), "ref": "r"})
+    assert await receive_json(refreshed) == {"op": "ack", "ref": "r"}
+
+    kept = await connect(client, "1", headers={"Authorization": f"Bearer {short}"})
+    await kept.send_json({"op": "auth", "token": token("2", ttl=3600), "ref": 1})
+    refused = await receive_json(kept)
+    assert (refused["op"], refused["ref"], refused["code"]) == ("error", 1, "forbidden")
+    await kept.send_json({"op": "auth", "token": "junk", "ref": 2})
+    assert (await receive_json(kept))["code"] == "invalid_token"
+
+    close = await kept.receive(timeout=10)  # the old expiry still applies
+    assert (close.type, close.data) == (WSMsgType.CLOSE, CloseCode.TOKEN_EXPIRED)
+    assert time.time() >= expires
+    await refreshed.send_str("ping")  # past the old expiry, still open
+    assert await receive_text(refreshed) == "pong"
