@@ -100,6 +100,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
         app[REGISTRY],
         block_ms=settings.block_ms,
         batch=settings.index_batch,
+        on_doubt=lambda: _doubt_every_position(app),
     )
     try:
         await notifier.start_position()
@@ -122,6 +123,13 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     await stream_states.close()
     await blocking.aclose(close_connection_pool=True)
     await pool.aclose(close_connection_pool=True)
+
+
+def _doubt_every_position(app: web.Application) -> None:
+    """The notifier lost Redis for a while: it may have lost data, so every session checks
+    its position before it delivers more (else events lost would be a silent gap)."""
+    for session in app[SESSIONS]:
+        session.in_doubt = True
 
 
 async def _close_sessions(app: web.Application) -> None:

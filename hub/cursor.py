@@ -98,6 +98,15 @@ class Start:
     catch_up: bool = True  # the stream held entries after `cursor` when the position was pinned
 
 
+def position_lost(state: StreamState, position: StreamId, epoch: str) -> bool:
+    """Whether Redis lost data a session at `position` (of history `epoch`) had not read: the
+    epoch changed, or the stream should hold the position and does not (it asked head.lua)."""
+    head = state.head
+    if state.epoch != epoch or position > head.last_generated:
+        return True
+    return position != ZERO and head.should_hold(position) and not state.holds_position
+
+
 def resolve_start(requested: Requested, state: StreamState, epoch: str | None) -> Start:
     """Turn the client's request into a concrete position, before the WebSocket opens."""
     head = state.head

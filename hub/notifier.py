@@ -43,12 +43,14 @@ class Notifier:
         block_ms: int,
         batch: int,
         clock: Callable[[], float] = time.monotonic,
+        on_doubt: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._block_ms = block_ms
         self._batch = batch
         self._clock = clock
+        self._on_doubt = on_doubt
         self.position: StreamId | None = None
         self.last_read_at: float | None = None
         self._stopping = False
@@ -95,6 +97,10 @@ class Notifier:
         entries = await self._store.read_index(before, self._batch, block)
         self.last_read_at = self._clock()
         if in_doubt:
+            # Redis may have lost data meanwhile: sessions check their positions before they
+            # read on (told first, then woken).
+            if self._on_doubt is not None:
+                self._on_doubt()
             woken = self._registry.wake_all()
             log.info("notifier_reading", position=str(before), woke=woken)
         if not entries:

@@ -21,6 +21,7 @@ from typing import Protocol
 import structlog
 
 from hub.aio import consume_result
+from hub.cursor import position_lost
 from hub.events import event_frame
 from hub.frames import text_frame
 from hub.ids import StreamId
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 Position = tuple[str, StreamId]  # (account, cursor)
 FRAME_HEADER = 10  # the most a server's WebSocket frame header takes
+MAX_CHECKS_PER_COMMAND = 256  # positions one head.lua call checks (Redis waits on it)
 
 
 @dataclass(slots=True)
@@ -41,7 +43,8 @@ class Batch:
     frames: list[bytes]
     size: int  # bytes on the wire, frame headers included
     full: bool  # COUNT reached: more may follow
-    lost: bool  # events after the position were trimmed away unread
+    lost: bool  # events after the position were trimmed away unread, or lost by Redis
+    verified: bool = False  # the position was checked to be still in the stream (in doubt)
     _joined: bytes | None = field(default=None, repr=False)
     _wire: bytes | None = field(default=None, repr=False)
     _wire_joined: bytes | None = field(default=None, repr=False)
@@ -79,6 +82,8 @@ class Listener(Protocol):
     account: str
     cursor: StreamId
     signal: Signal
+    epoch: str
+    in_doubt: bool  # Redis may have lost data since it last read: check its position first
 
     def push(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver `batch` (read after `cursor`) now if that cannot wait on the client."""
@@ -104,21 +109,30 @@ class Reader:
         self._count = count
         self._pending: dict[Position, asyncio.Future[Batch]] = {}
         self._pushes: dict[Position, list[Listener]] = {}
+        self._doubts: dict[Position, str] = {}  # positions to check, with the epoch expected
         self._flush_scheduled = False
         self._flights: dict[Position, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def read(self, account: str, cursor: StreamId) -> Batch:
-        """The events after `cursor`; never cancelled mid-flight (the caller may be)."""
+    async def read(self, account: str, cursor: StreamId, *, doubt: str | None = None) -> Batch:
+        """The events after `cursor`; never cancelled mid-flight (the caller may be). With
+        `doubt` (the epoch the session knows), the position is first checked to be still in
+        the stream: if Redis lost it, the batch is `lost`."""
         position = (account, cursor)
-        flight = self._flights.get(position)
-        if flight is not None and flight.started > self._registry.woken_at(account):
-            return await asyncio.shield(flight.future)
+        if doubt is not None:
+            self._doubts[position] = doubt
+        else:
+            flight = self._flights.get(position)
+            if flight is not None and flight.started > self._registry.woken_at(account):
+                return await asyncio.shield(flight.future)
         return await asyncio.shield(self._pending_read(position))
 
     def push(self, listener: Listener) -> None:
         """Read for an idle session that was just woken, and deliver to it if possible."""
-        self._pushes.setdefault((listener.account, listener.cursor), []).append(listener)
+        position = (listener.account, listener.cursor)
+        if listener.in_doubt:
+            self._doubts[position] = listener.epoch
+        self._pushes.setdefault(position, []).append(listener)
         self._schedule()
 
     def _pending_read(self, position: Position) -> asyncio.Future[Batch]:
@@ -142,18 +156,23 @@ class Reader:
                 listener.signal.take()  # just before the read is sent: later wakes are kept
             self._pending_read(position)
         pending, self._pending = self._pending, {}
+        doubts, self._doubts = self._doubts, {}
         self._flush_scheduled = False
         started = self._registry.tick()
         for position, future in pending.items():
-            self._flights[position] = _Flight(started, future)
-        task = asyncio.create_task(self._fetch(pending, pushes))
+            if position not in doubts:  # a checked read is no one else's to join
+                self._flights[position] = _Flight(started, future)
+        task = asyncio.create_task(self._fetch(pending, pushes, doubts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(
-        self, pending: dict[Position, asyncio.Future[Batch]], pushes: dict[Position, list[Listener]]
+        self,
+        pending: dict[Position, asyncio.Future[Batch]],
+        pushes: dict[Position, list[Listener]],
+        doubts: dict[Position, str],
     ) -> None:
-        await self._read(pending)
+        await self._read(pending, doubts)
         for position, listeners in pushes.items():
             future = pending[position]
             batch = None if future.exception() else future.result()
@@ -166,8 +185,11 @@ class Reader:
                 if not delivered:
                     listener.resume()
 
-    async def _read(self, pending: dict[Position, asyncio.Future[Batch]]) -> None:
+    async def _read(
+        self, pending: dict[Position, asyncio.Future[Batch]], doubts: dict[Position, str]
+    ) -> None:
         try:
+            gone = await self._positions_lost(doubts) if doubts else set()
             found = await self._store.read_many(list(pending), self._count)
             full = [p for p, entries in found.items() if len(entries) >= self._count]
             # Only a full read can hide a gap (see `StreamHead.lost_after`).
@@ -183,7 +205,8 @@ class Reader:
                         frames=frames,
                         size=sum(len(frame) for frame in frames) + FRAME_HEADER * len(frames),
                         full=len(entries) >= self._count,
-                        lost=head is not None and head.lost_after(cursor),
+                        lost=position in gone or (head is not None and head.lost_after(cursor)),
+                        verified=position in doubts,
                     )
                 )
         except Exception as error:
@@ -195,6 +218,18 @@ class Reader:
                 flight = self._flights.get(position)
                 if flight is not None and flight.future is future:
                     del self._flights[position]
+
+    async def _positions_lost(self, doubts: dict[Position, str]) -> set[Position]:
+        """Of positions in doubt, those Redis lost (see `cursor.position_lost`)."""
+        positions = list(doubts)
+        gone = set()
+        for start in range(0, len(positions), MAX_CHECKS_PER_COMMAND):
+            chunk = positions[start : start + MAX_CHECKS_PER_COMMAND]
+            states = await self._store.stream_states(chunk)
+            for position, state in zip(chunk, states, strict=True):
+                if position_lost(state, position[1], doubts[position]):
+                    gone.add(position)
+        return gone
 
     @property
     def idle(self) -> bool:

@@ -71,6 +71,8 @@ class Session:
         "claims",
         "conn",
         "cursor",
+        "epoch",
+        "in_doubt",
         "signal",
     )
 
@@ -100,6 +102,10 @@ class Session:
         self._poked = False  # something for the delivery task (replies, stop, resume)
         self._parked = False  # waiting for a wake, with nothing to send
         self._pushing = False  # the reader is reading for us (see `_push`)
+        self.epoch = ""  # of the account's history, from the welcome
+        # Redis may have lost data since our last read (it failed, or the notifier lost it):
+        # the next read first checks that our position is still there.
+        self.in_doubt = False
         self._resume_read = False  # the reader could not deliver a push: read ourselves
         self._replies: deque[bytes] | None = None
         self._room: asyncio.Event | None = None  # set when a full reply queue drains
@@ -145,6 +151,10 @@ class Session:
         self._pushing = False
         if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
             return False
+        if self.in_doubt and not batch.verified:
+            return False  # read before the doubt: we check our position ourselves
+        if batch.verified:
+            self.in_doubt = False
         transport = None if self._replies else self._room_for(batch.size, empty=True)
         if transport is None:
             return False
@@ -181,6 +191,7 @@ class Session:
         """Serve an opened socket until either side closes it."""
         self._request, self._ws = request, ws
         self.cursor = start.cursor
+        self.epoch = epoch
         try:
             await self._send(protocol.welcome(self.account, start.reported, epoch, start.recovered))
         except ConnectionResetError:
@@ -254,10 +265,13 @@ class Session:
     async def _read_and_send(self) -> bool:
         """Read one batch after the cursor and send it; return whether more may be waiting."""
         try:
-            batch = await self._reader.read(self.account, self.cursor)
+            doubt = self.epoch if self.in_doubt else None
+            batch = await self._reader.read(self.account, self.cursor, doubt=doubt)
         except (RedisError, OSError) as error:
             self._read_failed(error)
             return False
+        if batch.verified and not batch.lost:
+            self.in_doubt = False
         self._failing_since = None
         self._read_backoff = None
         if batch.lost:
@@ -317,6 +331,7 @@ class Session:
         return transport if buffered + size <= high else None
 
     def _read_failed(self, error: Exception) -> None:
+        self.in_doubt = True
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now

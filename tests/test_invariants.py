@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import WSMsgType
 
 from hub.config import Settings
 from hub.notifier import Notifier
@@ -181,14 +183,19 @@ async def test_many_sockets_closing_at_once_leave_nothing_behind(
 
 
 async def test_notifier_recovers_when_redis_restarts_under_the_hub(
-    make_client: Any, settings: Settings, own_redis: RedisServer
+    make_client: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    client = await make_client(settings, redis_url=own_redis.url)
+    redis = RedisServer(tmp_path / "aof", appendonly=True)
+    redis.start()
+    client = await make_client(settings, redis_url=redis.url)
     ws = await connect(client, "1", "?last_id=$")
     before = await publish(client, "1", "before")
     assert [e["id"] for e in await receive_events(ws, 1)] == [before]
 
-    own_redis.restart()  # killed: the blocked XREAD and every pooled connection break
+    # Stopped and started with its data: the blocked XREAD and every pooled connection break,
+    # nothing is lost, and the socket goes on.
+    redis.stop()
+    redis.start()
 
     async def published_after() -> bool:
         response = await client.post(
@@ -208,6 +215,33 @@ async def test_notifier_recovers_when_redis_restarts_under_the_hub(
     again = await publish(client, "1", "later")
     assert [e["id"] for e in await receive_events(ws, 1)] == [again]
     assert time.monotonic() - started < 10
+    redis.stop()
+
+
+async def test_a_live_socket_is_told_when_redis_loses_its_data(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    """Redis restarted empty under an open socket: events it had not read may be gone. It is
+    closed with 4009 and its last ID, never fed the new history as if nothing happened, and
+    the reconnect says `recovered: false`."""
+    client = await make_client(settings, redis_url=own_redis.url)
+    ws = await connect(client, "1", "?last_id=$")
+    before = await publish(client, "1", "before")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [before]
+
+    own_redis.restart()  # killed, no persistence: the account's history is gone
+
+    async def published_after() -> bool:
+        response = await client.post(
+            "/accounts/1/events", json={"type": "T", "payload": "after"}, headers=bearer("s", "*")
+        )
+        return bool(response.status == 201)
+
+    await wait_until(published_after, timeout=20, what="a publish after the restart")
+    close = await ws.receive(timeout=20)
+    assert (close.type, close.data, close.extra) == (WSMsgType.CLOSE, CloseCode.LAGGED, before)
+    again = await connect(client, "1", f"?last_id={before}&epoch={ws.welcome['epoch']}")
+    assert again.welcome["recovered"] is False
 
 
 async def test_hub_processes_are_interchangeable(make_client: Any, settings: Settings) -> None:
@@ -228,8 +262,12 @@ async def test_hub_processes_are_interchangeable(make_client: Any, settings: Set
 
 
 async def test_a_socket_survives_redis_being_down(
-    make_client: Any, settings: Settings, own_redis: RedisServer
+    make_client: Any, settings: Settings, tmp_path: Path
 ) -> None:
+    """Redis down for a while, then back with its data: the socket stays open throughout.
+    (Back without its data, the socket is told: see the test above.)"""
+    own_redis = RedisServer(tmp_path / "aof", appendonly=True)
+    own_redis.start()
     client = await make_client(settings, redis_url=own_redis.url)
     ws = await connect(client, "1", publish=["1"])
     own_redis.stop()
@@ -250,6 +288,7 @@ async def test_a_socket_survives_redis_being_down(
     [ack] = [frame for frame in frames if "op" in frame]
     [event] = [frame for frame in frames if "op" not in frame]
     assert (ack["op"], ack["ref"], ack["id"]) == ("ack", "up", event["id"])
+    own_redis.stop()
 
 
 async def test_a_session_that_cannot_read_for_too_long_closes_with_1013(
@@ -330,3 +369,24 @@ async def test_the_notifier_stops_at_the_end_of_its_block_without_a_cancellation
     finally:
         task.cancel()
         await redis.aclose(close_connection_pool=True)
+
+
+async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any) -> None:
+    """The race the doubt check must win: a read for an idle socket is on its way when the
+    notifier learns Redis was lost. Its batch, unchecked, must not be written: it could carry
+    the new history past a gap, and the socket's next check would then find nothing amiss."""
+    from hub.reads import Batch
+
+    ws = await connect(client, "1", "?last_id=$")
+    [session] = client.app[SESSIONS]
+    await wait_until(lambda: session._parked, what="the socket to be idle")
+    frame = b'{"id":"9-0","type":"T","payload":null}'
+    unchecked = Batch(ids=[b"9-0"], frames=[frame], size=len(frame) + 10, full=False, lost=False)
+    session.in_doubt = True  # the notifier's doubt lands while that read was on its way
+    assert session.push(session.cursor, unchecked) is False  # not written: read again, checked
+    checked = Batch(
+        ids=[b"9-0"], frames=[frame], size=len(frame) + 10, full=False, lost=False, verified=True
+    )
+    assert session.push(session.cursor, checked) is True
+    assert session.in_doubt is False
+    assert (await receive_events(ws, 1))[0]["id"] == "9-0"
