@@ -36,6 +36,12 @@ REFRESH_BEFORE = 30.0  # seconds before a token's expiry that a fresh one is ask
 _FATAL = {4400, 4403}  # a bad request, a forbidden account: retrying cannot help
 _NEW_TOKEN = {4001, 4401}  # expired or invalid: reconnect at once with a fresh token
 _HTTP_REFUSALS = {400: 4400, 401: 4401, 403: 4403}  # the same, from an HTTP answer
+_ENDS = {
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+}
 
 
 class HistoryLost(Exception):
@@ -79,7 +85,13 @@ class HubClient:
         on_reset: Callable[[dict[str, Any]], None] | None = None,
         on_state: Callable[[str, str], None] | None = None,
         refresh_before: float = REFRESH_BEFORE,
+        reconnect: bool = True,
+        on_frame: Callable[[str], None] | None = None,
     ) -> None:
+        """`reconnect=False` (a tool that watches one socket): iteration ends when the socket
+        closes, with `close_code` and `close_reason` set; a refused or failed connection
+        raises `HubRefused`. `on_frame` sees every text frame the hub sends, control frames
+        (welcome, pong, acks, errors) included."""
         self.url = url
         self.last_id = last_id  # of the last event yielded: where a reconnect resumes
         self.epoch = epoch
@@ -87,6 +99,9 @@ class HubClient:
         self._token, self._get_token = token, get_token
         self._on_reset, self._on_state = on_reset, on_state
         self._refresh_before = refresh_before
+        self._reconnect, self._on_frame = reconnect, on_frame
+        self.close_code: int | None = None  # of the last socket, once closed
+        self.close_reason = ""
         self._queued: StreamId | None = StreamId.parse(last_id) if last_id else None
         self._inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self._acks: dict[str, asyncio.Future[str]] = {}
@@ -160,6 +175,19 @@ class HubClient:
             finally:
                 self._acks.pop(key, None)
 
+    async def opened(self) -> bool:
+        """Wait until a socket is open (True), or the client has failed or closed (False)."""
+        await _first_of(self._opened, self._finished)
+        return self._opened.is_set()
+
+    async def send(self, text: str) -> None:
+        """Send a raw text message on the open socket (`ping`, `event:<id>`, JSON ops)."""
+        await self.opened()
+        ws = self._ws
+        if ws is None:
+            raise ConnectionError(f"the client is {self.state}")
+        await ws.send_str(text)
+
     # --- the connection ---------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -174,6 +202,16 @@ class HubClient:
                 code, reason = _HTTP_REFUSALS.get(error.status, 1013), error.message
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 code, reason = 1006, str(error) or type(error).__name__
+            self.close_code, self.close_reason = code, reason
+            if not self._reconnect:
+                if self._welcomed:
+                    self._set_state("closed", reason)
+                    self._inbox.put_nowait(StopAsyncIteration())
+                else:
+                    self._set_state("failed", reason)
+                    self._inbox.put_nowait(HubRefused(code, reason))
+                self._finished.set()
+                return
             if self._welcomed:
                 attempt = 0
             fresh_token = code in _NEW_TOKEN
@@ -199,16 +237,23 @@ class HubClient:
             first = await ws.receive()
             if first.type is not aiohttp.WSMsgType.TEXT:
                 return _close_of(ws, first)
+            if self._on_frame is not None:
+                self._on_frame(first.data)
             self._welcome(orjson.loads(first.data))
             self._welcomed = True
             self._ws = ws
             self._opened.set()
             self._set_state("open")
             self._schedule_refresh(token)
-            async for message in ws:
-                if message.type is aiohttp.WSMsgType.TEXT:
-                    self._frame(message.data)
-            return _close_of(ws, None)
+            while True:
+                message = await ws.receive()
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    if message.type in _ENDS:
+                        return _close_of(ws, message)
+                    continue
+                if self._on_frame is not None:
+                    self._on_frame(message.data)
+                self._frame(message.data)
         finally:
             self._opened.clear()
             self._ws = None
@@ -229,7 +274,12 @@ class HubClient:
             self._inbox.put_nowait(HistoryLost(welcome))
 
     def _frame(self, data: str) -> None:
-        frame = orjson.loads(data)
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return  # `pong`, the one frame that is not JSON
+        if not isinstance(frame, dict | list):
+            return
         for item in frame if isinstance(frame, list) else [frame]:
             if "op" not in item:
                 self._event(item)

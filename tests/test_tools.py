@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.config import AuthMode, Settings
-from tests.support import SECRET, RedisServer
+from tests.support import SECRET, RedisServer, free_port, token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +96,34 @@ async def test_probe_prints_a_table_of_verdicts(
     code, output = await run("scripts/probe.py", "--url", "http://10.0.0.1:8080", env=env)
     assert code == 2
     assert "loopback" in output
+
+
+async def test_ws_tail_prints_frames_and_how_the_socket_ended(
+    make_client: Any, settings: Settings
+) -> None:
+    client = await make_client(settings)
+    url = str(client.make_url("/ws/1?last_id=0")).replace("http", "ws", 1)
+    env = {**os.environ, "HUB_TOKEN": token("1")}
+    refused = await run("scripts/ws_tail.py", url.replace("/ws/1", "/ws/2"), env=env)
+    assert refused == (1, "refused: 4403 forbidden\n")
+    nowhere = f"ws://127.0.0.1:{free_port()}/ws/1"
+    code, output = await run("scripts/ws_tail.py", nowhere, env=env)
+    assert code == 1
+    assert output.startswith("refused: 1006")
+    assert "Traceback" not in output
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable, "scripts/ws_tail.py", url, cwd=ROOT, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert tail.stdin is not None
+    assert tail.stdout is not None
+    assert tail.stderr is not None
+    welcome = json.loads(await asyncio.wait_for(tail.stdout.readline(), 20))
+    assert welcome["op"] == "welcome"
+    tail.stdin.write(b"ping\n")
+    assert await asyncio.wait_for(tail.stdout.readline(), 10) == b"pong\n"
+    await client.server.close()  # a drain: 1001 and the last ID; the tool ends by itself
+    assert await asyncio.wait_for(tail.wait(), 20) == 0
+    ended = (await tail.stderr.read()).decode()
+    assert ended.startswith("closed: 1001 0-0")
