@@ -82,6 +82,8 @@ class HubWebSocket(web.WebSocketResponse):
         to it, close frame included, or the connection is reset. (aiohttp may consider a
         close done with all of it still in the kernel.) A cancellation ends the wait early,
         with the same rule: whatever is unsent then is reset."""
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = b"too_large"  # aiohttp's own close gives no reason
         transport = self._transport
         if self.closed or transport is None:
             return await super().close(code=code, message=message, drain=drain)

@@ -164,6 +164,7 @@ async def test_messages_above_the_limit_close_with_1009(
     message = await ws.receive(timeout=10)
     assert message.type is WSMsgType.CLOSE
     assert ws.close_code == 1009
+    assert message.extra == "too_large"
 
 
 @pytest.mark.parametrize("how", ["header", "subprotocol", "cookie", "query"])
