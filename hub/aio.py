@@ -13,6 +13,8 @@ import termios
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from hub.frames import MaskedFrames
+
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -80,6 +82,21 @@ class HeldSocket:
         except OSError:
             return buffered
         return buffered + int(struct.unpack("i", queued)[0])
+
+    async def drain(self, frames: MaskedFrames, deadline: float) -> None:
+        """Read and drop what the client sends, until its close frame (`frames` follows the
+        byte stream), its end, or `deadline`: then nothing unread makes the close a reset."""
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        while not frames.close_seen:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await loop.sock_recv(self._sock, 65536)
+            except (TimeoutError, OSError):
+                return
+            if not data:
+                return
+            frames.feed(data)
 
     def let_go(self, *, reset: bool) -> None:
         """End the hub's hold; with `reset`, drop the connection at once with a TCP reset,

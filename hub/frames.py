@@ -13,6 +13,7 @@ _LENGTH_16 = 126
 _LENGTH_64 = 127
 _MASK_BIT = 0x80
 _MASK_KEY = 4
+_OP_CLOSE = 0x8
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -35,12 +36,13 @@ class MaskedFrames:
     little whatever the message size. Once a violation is seen, every later `feed` is False.
     """
 
-    __slots__ = ("_header", "_skip", "_violated")
+    __slots__ = ("_header", "_skip", "_violated", "close_seen")
 
     def __init__(self) -> None:
         self._header = b""  # the start of a header split across reads
         self._skip = 0  # payload bytes of the current frame still to come
         self._violated = False
+        self.close_seen = False  # the client sent a close frame
 
     def feed(self, data: bytes) -> bool:
         position, end = 0, len(data)
@@ -58,6 +60,8 @@ class MaskedFrames:
             if not header[1] & _MASK_BIT:
                 self._violated = True
                 break
+            if header[0] & 0x0F == _OP_CLOSE:
+                self.close_seen = True
             position += needed - len(self._header)
             self._header = b""
             self._skip = _payload_size(header)

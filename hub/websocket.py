@@ -45,22 +45,36 @@ async def _until_taken(
 
 
 class _MaskChecked:
-    """A frame parser that first checks, on the raw bytes, that every frame is masked."""
+    """A frame parser that first checks, on the raw bytes, that every frame is masked.
 
-    __slots__ = ("_check", "_parser", "_queue")
+    It also follows frame boundaries after a protocol error (aiohttp's parser stops there),
+    so that the close can wait for the client's close frame: closing while the client still
+    sends (the rest of a message too big, say) resets the connection, and a browser then
+    reports 1006 instead of the close code it was sent.
+    """
+
+    __slots__ = ("_failed", "_parser", "_queue", "frames")
 
     def __init__(self, parser: Any, queue: Any) -> None:
         self._parser, self._queue = parser, queue
-        self._check = MaskedFrames()
+        self.frames = MaskedFrames()
+        self._failed = False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self._check.feed(bytes(data)):
-            result: tuple[bool, bytes] = self._parser.feed_data(data)
-            return result
-        self._queue.set_exception(
-            WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked")
-        )
-        return True, b""
+        masked = self.frames.feed(bytes(data))
+        if self._failed:
+            return False, b""  # keep reading (and dropping) until the client's close
+        if not masked:
+            self._failed = True
+            self._queue.set_exception(
+                WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked")
+            )
+            return False, b""
+        result: tuple[bool, bytes] = self._parser.feed_data(data)
+        if result[0]:
+            self._failed = True  # aiohttp's parser met a protocol error (1009, 1007, ...)
+            return False, b""
+        return result
 
     def feed_eof(self) -> None:
         self._parser.feed_eof()
@@ -103,6 +117,11 @@ class HubWebSocket(web.WebSocketResponse):
                 # is queued all the same, behind what the client has not read yet.
                 closed = True
             await _until_taken(held, transport, deadline)
+            frames = self.__dict__.get("_frames")
+            if held is not None and frames is not None and transport.is_closing():
+                # aiohttp stopped reading: take in what the client still sends, until its
+                # close frame, so that closing does not reset the connection.
+                await held.drain(frames, deadline)
         finally:
             # Whatever ended the wait, a cancellation included: what is still unsent now
             # never will be.
@@ -120,3 +139,5 @@ class HubWebSocket(web.WebSocketResponse):
     def _parser(self, parser: Any) -> None:
         checked = None if parser is None else _MaskChecked(parser, self._reader)
         self.__dict__["_checked_parser"] = checked
+        if checked is not None:  # kept past the parser (aiohttp drops it when closing)
+            self.__dict__["_frames"] = checked.frames

@@ -279,3 +279,32 @@ async def test_hub_serve_logs_no_token_no_traceback_and_the_codes_clients_got(
     assert sorted(entry["code"] for entry in closed) == [1002, 1007, 1009]  # any order
     unparsable = [line for line in log.splitlines() if "request_unparsable" in line]
     assert len(unparsable) == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "reason"),
+    [(b"x" * 70_000, 1009, "too_large"), (b"\xff\xfe" * 10, 1007, "")],
+)
+async def test_a_protocol_error_closes_cleanly_even_while_the_client_sends(
+    client: TestClient[Any, Any], message: bytes, code: int, reason: str
+) -> None:
+    """The hub refuses a message while its rest is still arriving. It must read that rest
+    (and the client's close) before closing: closing on unread bytes resets the connection,
+    and a browser then reports 1006 instead of the code it was sent."""
+    assert client.server.port is not None
+    for _ in range(3):
+        connection, _ = await raw.websocket(
+            "127.0.0.1",
+            client.server.port,
+            "/ws/1",
+            headers={"Authorization": f"Bearer {token('1')}"},
+        )
+        await connection.read_frame()  # welcome
+        connection.send_frame(raw.OP_TEXT, message)
+        close = await connection.read_close()
+        assert close is not None
+        assert (close.close_code, close.close_reason) == (code, reason)
+        connection.send_frame(raw.OP_CLOSE, close.payload[:2])
+        # An end of stream; a reset would raise ConnectionResetError here.
+        assert await asyncio.wait_for(connection.reader.read(), 10) == b""
+        await connection.close()
