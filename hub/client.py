@@ -2,7 +2,7 @@
 
     async with HubClient("ws://127.0.0.1:8080/ws/7", get_token=fetch_token) as client:
         async for event in client:
-            print(event.id, event.type, event.payload)
+            handle(event.id, event.type, event.payload)
 
 Every event is yielded once, in stream order, across reconnects (resumed from `last_id` with
 `epoch`). When the hub says history was lost (`recovered: false`), `on_reset(welcome)` is

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from hub.aio import Coalesced
+from tests.support import wait_until
 
 
 class Doubler:
@@ -26,20 +27,19 @@ class Doubler:
         return [2 * k for k in keys]
 
 
-async def callers_then_call() -> None:
-    """Two loop turns: the callers queue their keys, then the batch's call starts."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+async def calls_started(call: Doubler, count: int) -> None:
+    """Until `count` batches have reached the call (their callers queued, the call began)."""
+    await wait_until(lambda: len(call.batches) == count, timeout=5, what=f"{count} calls")
 
 
 async def test_a_lone_call_goes_at_once_and_calls_during_it_go_together_next() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=100)
     first = asyncio.create_task(coalesced(1))
-    await callers_then_call()
+    await calls_started(call, 1)
     assert call.batches == [[1]]
     later = [asyncio.create_task(coalesced(k)) for k in (2, 3, 4)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: len(coalesced._waiting) == 3, timeout=5, what="3 callers queued")
     call.release.set()
     assert await first == 2
     assert await asyncio.gather(*later) == [4, 6, 8]
@@ -59,7 +59,7 @@ async def test_a_failure_reaches_every_caller_of_its_batch_and_only_them() -> No
     coalesced = Coalesced(call, limit=2)
     call.fail_next = True
     tasks = [asyncio.create_task(coalesced(k)) for k in range(4)]
-    await asyncio.sleep(0)
+    await calls_started(call, 1)
     call.release.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert [type(r) for r in results[:2]] == [ConnectionError, ConnectionError]
@@ -70,7 +70,7 @@ async def test_a_cancelled_caller_leaves_its_batch_alone() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=10)
     tasks = [asyncio.create_task(coalesced(k)) for k in range(3)]
-    await callers_then_call()
+    await calls_started(call, 1)
     tasks[1].cancel()
     call.release.set()
     assert await tasks[0] == 0
@@ -84,7 +84,7 @@ async def test_close_cancels_the_call_in_flight_and_its_callers() -> None:
     call = Doubler()
     coalesced = Coalesced(call, limit=10)
     waiting = asyncio.create_task(coalesced(1))
-    await callers_then_call()
+    await calls_started(call, 1)
     await coalesced.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting

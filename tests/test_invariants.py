@@ -344,7 +344,7 @@ async def test_a_steady_flow_reaches_every_socket_whole_and_in_order(
         pairs = [(a, round_) for a in accounts[round_ % 3 :: 2]]
         for (account, _), event_id in zip(pairs, publish_pairs(redis, pairs), strict=True):
             published[account].append(event_id)
-        await asyncio.sleep(0.001 * (round_ % 4))
+        await asyncio.sleep(0.001 * (round_ % 4))  # pacing that varies the interleavings
 
     for account, expected in published.items():
         for ws in sockets[account]:
