@@ -59,10 +59,12 @@ class Target:
         )
 
     async def socket(
-        self, account: str, query: str = "", **options: Any
+        self, account: str, query: str = "", *, claims: dict[str, Any] | None = None, **options: Any
     ) -> tuple[raw.Connection, raw.Reply]:
+        """Open `account`'s socket with its token (`claims` overriding the token's own)."""
+        headers = self.auth(account, **(claims or {}))
         return await raw.websocket(
-            self.host, self.port, f"/ws/{account}{query}", headers=self.auth(account), **options
+            self.host, self.port, f"/ws/{account}{query}", headers=headers, **options
         )
 
 
@@ -338,18 +340,8 @@ async def stuck_client(target: Target) -> Outcome:
     """The hub must give up on a client that reads nothing: close (4008), and when even the
     close frame cannot be sent, drop the connection, within the send timeout and a few
     seconds; a connection held forever would let such clients exhaust the hub's sockets."""
-    account = target.account()
-    connection, _ = await target.socket(account, receive_buffer=4096)
-    try:
-        await welcome(connection)
-        connection.stop_reading()
-        # More than the kernel's buffers hold (4 MB each way by default on Linux).
-        failed = await publish_big(target, account, 12_000_000)
-        if failed:
-            return failed
-        return await released(connection, target.send_timeout + 15)
-    finally:
-        await connection.close()
+    # More than the kernel's buffers hold (4 MB each way by default on Linux).
+    return await reading_nothing(target, 12_000_000, target.send_timeout + 15)
 
 
 @probe(
@@ -360,24 +352,22 @@ async def stuck_client(target: Target) -> Outcome:
 async def stuck_client_expiring(target: Target) -> Outcome:
     """The same for a close the hub decides while its own buffers are empty: everything
     unread waits in the kernel, which would keep it, and the connection, for minutes."""
-    account = target.account()
-    if target.token(account) is None:
+    if target.token(target.prefix) is None:
         return Outcome("skipped: the hub has no auth", True)
     expiry = int(time.time()) + 3
-    connection, _ = await raw.websocket(
-        target.host,
-        target.port,
-        f"/ws/{account}",
-        headers=target.auth(account, exp=expiry),
-        receive_buffer=4096,
-    )
+    return await reading_nothing(target, 600_000, expiry - time.time() + 15, exp=expiry)
+
+
+async def reading_nothing(target: Target, size: int, limit: float, **claims: Any) -> Outcome:
+    """Open a socket (its token with `claims`), read nothing, have about `size` bytes of
+    events published to it: whether the hub ends the connection within `limit` seconds."""
+    account = target.account()
+    connection, _ = await target.socket(account, receive_buffer=4096, claims=claims)
     try:
         await welcome(connection)
         connection.stop_reading()
-        failed = await publish_big(target, account, 600_000)
-        if failed:
-            return failed
-        return await released(connection, expiry - time.time() + 15)
+        failed = await publish_big(target, account, size)
+        return failed or await released(connection, limit)
     finally:
         await connection.close()
 
