@@ -84,6 +84,7 @@ class HubWebSocket(web.WebSocketResponse):
     """`web.WebSocketResponse` with a bounded close and masked client frames only."""
 
     _transport: asyncio.Transport | None = None
+    _frames: MaskedFrames | None = None  # the client's frames, followed past aiohttp's parser
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
         self._transport = request.transport
@@ -117,7 +118,7 @@ class HubWebSocket(web.WebSocketResponse):
                 # is queued all the same, behind what the client has not read yet.
                 closed = True
             await _until_taken(held, transport, deadline)
-            frames = self.__dict__.get("_frames")
+            frames = self._frames
             if held is not None and frames is not None and transport.is_closing():
                 # aiohttp stopped reading: take in what the client still sends, until its
                 # close frame, so that closing does not reset the connection.
@@ -140,4 +141,4 @@ class HubWebSocket(web.WebSocketResponse):
         checked = None if parser is None else _MaskChecked(parser, self._reader)
         self.__dict__["_checked_parser"] = checked
         if checked is not None:  # kept past the parser (aiohttp drops it when closing)
-            self.__dict__["_frames"] = checked.frames
+            self._frames = checked.frames

@@ -390,3 +390,16 @@ async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any)
     assert session.push(session.cursor, checked) is True
     assert session.in_doubt is False
     assert (await receive_events(ws, 1))[0]["id"] == "9-0"
+
+
+async def test_a_session_whose_read_failed_checks_its_position_next(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    """A session may read again before the notifier has even noticed Redis was gone: its own
+    failed read puts it in doubt, so that it checks its position before reading on."""
+    client = await make_client(settings, redis_url=own_redis.url)
+    await connect(client, "1")
+    [session] = client.app[SESSIONS]
+    own_redis.stop()
+    session.signal.wake()  # a read now, which fails
+    await wait_until(lambda: session.in_doubt, what="the failed read to put it in doubt")

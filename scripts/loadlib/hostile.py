@@ -271,9 +271,7 @@ async def huge_expiry(target: Target) -> Outcome:
     account = target.account()
     if target.token(account) is None:
         return Outcome("skipped: the hub has no auth", True)
-    connection, reply = await raw.websocket(
-        target.host, target.port, f"/ws/{account}", headers=target.auth(account, exp=HUGE_EXP)
-    )
+    connection, reply = await target.socket(account, claims={"exp": HUGE_EXP})
     await connection.close()
     return expect(reply, 401, "invalid_token")
 
