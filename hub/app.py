@@ -11,6 +11,7 @@ from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from hub import logs
+from hub.assets import routes as asset_routes
 from hub.aio import Coalesced, consume_result
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app.on_shutdown.append(_close_sessions)
     app.add_routes(http_routes)
     app.add_routes(ws_routes)
+    app.add_routes(asset_routes)
     return app
 
 

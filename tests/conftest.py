@@ -81,3 +81,30 @@ async def open_client(make_client: Any, settings: Settings) -> TestClient[Any, A
 def quiet_logs() -> None:
     """Warnings and errors only: per-connection info lines would drown test output."""
     logs.configure("warning", json=False)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (./run installs it); Playwright cannot fetch its own
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright; pages must be served by the hub under test
+    (a page of another origin, e.g. about:blank, cannot reach 127.0.0.1)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
