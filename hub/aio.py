@@ -108,6 +108,18 @@ class HeldSocket:
         self._sock.close()
 
 
+async def until_taken(
+    held: HeldSocket | None, transport: asyncio.Transport, deadline: float
+) -> None:
+    """Wait until the client has taken all that is on its way to it, or `deadline`."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        unsent = held.unsent() if held is not None else transport.get_write_buffer_size()
+        if not unsent:
+            return
+        await asyncio.sleep(0.05)  # nothing signals "taken": aiohttp's drain waiter is broken
+
+
 def consume_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()

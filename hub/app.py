@@ -11,8 +11,8 @@ from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from hub import logs
-from hub.assets import routes as asset_routes
 from hub.aio import Coalesced, consume_result
+from hub.assets import routes as asset_routes
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
 from hub.http import cors_headers, json_router_errors
@@ -23,6 +23,7 @@ from hub.protocol import CloseCode
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
+from hub.sse import routes as sse_routes
 from hub.state import (
     NOTIFIER,
     ORIGINS,
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app.on_shutdown.append(_close_sessions)
     app.add_routes(http_routes)
     app.add_routes(ws_routes)
+    app.add_routes(sse_routes)
     app.add_routes(asset_routes)
     return app
 

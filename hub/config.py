@@ -51,6 +51,7 @@ class Settings:
     send_timeout: float = 20.0  # a client stuck longer is closed with 4008
     read_failure_limit: float = 30.0  # a session unable to read for longer closes with 1013
     heartbeat: float = 25.0  # below the 60 s idle timeout of common proxies
+    sse_keepalive: float = 15.0  # an event stream's comment, when idle (proxies, gone clients)
     redis_pool_size: int = 64
     shutdown_grace: float = 5.0
     body_timeout: float = 10.0  # a request body must arrive within this (408 otherwise)

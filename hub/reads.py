@@ -15,15 +15,15 @@ resumed and reads for itself, with backpressure.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 
 from hub.aio import consume_result
 from hub.cursor import position_lost
 from hub.events import event_frame
-from hub.frames import text_frame
 from hub.ids import StreamId
 from hub.registry import Registry, Signal
 from hub.store import Store
@@ -31,7 +31,7 @@ from hub.store import Store
 log = structlog.get_logger(__name__)
 
 Position = tuple[str, StreamId]  # (account, cursor)
-FRAME_HEADER = 10  # the most a server's WebSocket frame header takes
+T = TypeVar("T")
 MAX_CHECKS_PER_COMMAND = 256  # positions one head.lua call checks (Redis waits on it)
 
 
@@ -40,32 +40,21 @@ class Batch:
     """Up to a read's COUNT of events after one position, each encoded once for every socket."""
 
     ids: list[bytes]
-    frames: list[bytes]
-    size: int  # bytes on the wire, frame headers included
+    frames: list[bytes]  # the event objects, JSON
     full: bool  # COUNT reached: more may follow
     lost: bool  # events after the position were trimmed away unread, or lost by Redis
     verified: bool = False  # the position was checked to be still in the stream (in doubt)
-    _joined: bytes | None = field(default=None, repr=False)
-    _wire: bytes | None = field(default=None, repr=False)
-    _wire_joined: bytes | None = field(default=None, repr=False)
+    _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
     _last: StreamId | None = field(default=None, repr=False)
 
-    def joined(self) -> bytes:
-        """All frames as one JSON array (the opt-in batched frame), built once."""
-        if self._joined is None:
-            self._joined = b"[" + b",".join(self.frames) + b"]"
-        return self._joined
-
-    def wire(self, *, joined: bool) -> bytes:
-        """The whole batch as WebSocket frames on the wire, one per event or one array
-        (`joined`): built once, then written to each socket in a single write."""
-        if joined:
-            if self._wire_joined is None:
-                self._wire_joined = text_frame(self.joined())
-            return self._wire_joined
-        if self._wire is None:
-            self._wire = b"".join(map(text_frame, self.frames))
-        return self._wire
+    def shared(self, key: Hashable, build: Callable[[Batch], T]) -> T:
+        """What `build` makes of the batch, made once for all the sessions it reaches: each
+        kind of wire encodes it its own way (hub/wires.py), `key` naming the encoding."""
+        try:
+            return cast(T, self._shared[key])
+        except KeyError:
+            value = self._shared[key] = build(self)
+            return value
 
     def position_after(self, sent: int) -> StreamId:
         """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
@@ -198,12 +187,10 @@ class Reader:
                 entries = found[position]
                 account, cursor = position
                 head = heads.get(account)
-                frames = [event_frame(i, f) for i, f in entries]
                 future.set_result(
                     Batch(
                         ids=[entry_id for entry_id, _ in entries],
-                        frames=frames,
-                        size=sum(len(frame) for frame in frames) + FRAME_HEADER * len(frames),
+                        frames=[event_frame(i, f) for i, f in entries],
                         full=len(entries) >= self._count,
                         lost=position in gone or (head is not None and head.lost_after(cursor)),
                         verified=position in doubts,

@@ -1,11 +1,12 @@
-"""One WebSocket's life: deliver its account's events in order, answer its messages.
+"""One subscriber's delivery: its account's events in order, each once, over any wire.
 
-Two tasks per socket. The delivery task owns the socket's writes: it takes the wake signal,
-reads at most a batch after its cursor (through the shared `Reader`), sends with
-backpressure, then parks until the next wake. The receive task parses incoming messages and
-queues replies for the delivery task. A backlog waits in Redis, never in memory; a client
-that stops reading for `send_timeout` is closed with 4008 and resumes from the ID in the
-close reason.
+The same engine serves a WebSocket and an event stream (SSE); the wire (hub/wires.py) says how
+bytes look on each. Two tasks per connection. The delivery task owns the writes: it takes the
+wake signal, reads at most a batch after its cursor (through the shared `Reader`), sends with
+backpressure, then parks until the next wake. The other task listens to the client: a
+socket's messages (hub/inbound.py), whose replies it queues for the delivery task, or an event
+stream's keep-alive. A backlog waits in Redis, never in memory; a client that stops reading for
+`send_timeout` is closed with 4008 and resumes from the ID in the close reason.
 
 One exception to "the delivery task writes": while a session is parked, the reader may write
 a batch it read for it (`push`), but only when the client's buffer is empty and can take the
@@ -21,24 +22,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from hub import protocol
-from hub.aio import Backoff, uncancellable
-from hub.auth import Claims, verify
+from hub.aio import Backoff
+from hub.auth import Claims
 from hub.config import Settings
 from hub.cursor import Start
-from hub.errors import IdempotencyConflict, RequestError, Unauthorized
 from hub.ids import StreamId
-from hub.protocol import Auth, CloseCode, Invalid, Ping, Publish
+from hub.protocol import CloseCode
 from hub.reads import Batch, Reader
 from hub.registry import Signal
-from hub.store import Store
-from hub.websocket import HubWebSocket
+from hub.wires import Wire
 
 MAX_QUEUED_REPLIES = 64
 
@@ -46,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 
 class Session:
-    """The state of one socket: an account, a cursor, a signal, a reply queue."""
+    """The state of one subscriber: an account, a cursor, a signal, a reply queue."""
 
     __slots__ = (
         "_close_code",
@@ -58,16 +57,13 @@ class Session:
         "_read_backoff",
         "_reader",
         "_replies",
-        "_request",
         "_resume_read",
         "_room",
         "_settings",
         "_stop",
-        "_store",
         "_waiter",
-        "_ws",
+        "_wire",
         "account",
-        "batched",
         "claims",
         "conn",
         "cursor",
@@ -81,22 +77,18 @@ class Session:
         account: str,
         claims: Claims,
         *,
-        store: Store,
         reader: Reader,
         settings: Settings,
         conn: str,
-        batched: bool = False,
     ) -> None:
         self.account = account
         self.claims = claims
-        self.batched = batched  # several events per frame, as a JSON array (opt-in)
         self.cursor = StreamId(0, 0)
-        self._store = store
         self._reader = reader
         self._settings = settings
         self.conn = conn
         self.signal = Signal(self._on_wake)
-        self._close_code: int | None = None  # the code the hub or aiohttp sent
+        self._close_code: int | None = None  # the code the hub (or aiohttp) sent
         # Memory per socket matters: what only some sockets need is created when needed.
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._poked = False  # something for the delivery task (replies, stop, resume)
@@ -113,8 +105,7 @@ class Session:
         self._read_backoff: Backoff | None = None
         self._failing_since: float | None = None
         self._expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry
-        self._ws: HubWebSocket | None = None
-        self._request: web.Request | None = None
+        self._wire: Wire | None = None
 
     @property
     def log(self) -> Any:
@@ -155,11 +146,9 @@ class Session:
             return False  # read before the doubt: we check our position ourselves
         if batch.verified:
             self.in_doubt = False
-        transport = None if self._replies else self._room_for(batch.size, empty=True)
-        if transport is None:
-            return False
         if batch.frames:
-            self._write_whole(transport, batch)
+            if self._replies or not self._write_whole(batch, empty=True):
+                return False
             self.cursor = batch.position_after(len(batch.ids))
         if batch.full:
             return False
@@ -170,9 +159,13 @@ class Session:
     @property
     def close_code(self) -> int | None:
         """The close code as the client got it: the one the hub (or aiohttp, on a protocol
-        error) sent, else the one the client sent, else 1006 (no close frame)."""
-        code = self._close_code or (self._ws.close_code if self._ws is not None else None)
+        error) sent, else the one the client sent (a socket's 1006: none was exchanged)."""
+        code = self._close_code or (self._wire.received_close() if self._wire else None)
         return None if code is None else int(code)
+
+    def closed_by_protocol_error(self, code: int | None) -> None:
+        """aiohttp closed the socket for a protocol error, with `code` (None: nothing sent)."""
+        self._close_code = code
 
     @property
     def stopping(self) -> CloseCode | None:
@@ -187,13 +180,18 @@ class Session:
         if self._room is not None:
             self._room.set()
 
-    async def run(self, request: web.Request, ws: HubWebSocket, start: Start, epoch: str) -> None:
-        """Serve an opened socket until either side closes it."""
-        self._request, self._ws = request, ws
+    async def run(
+        self, wire: Wire, start: Start, epoch: str, listen: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Serve an opened connection until either side closes it; `listen` follows the
+        client meanwhile (its messages, or that it is still there) and returns when it is
+        gone or the connection closed."""
+        self._wire = wire
         self.cursor = start.cursor
         self.epoch = epoch
+        welcome = protocol.welcome(self.account, start.reported, epoch, start.recovered)
         try:
-            await self._send(protocol.welcome(self.account, start.reported, epoch, start.recovered))
+            await wire.send(wire.welcome(welcome, start.reported))
         except ConnectionResetError:
             return  # gone right after the handshake
         self._schedule_expiry()
@@ -201,7 +199,7 @@ class Session:
             self._deliver(read_now=start.catch_up), name=f"deliver:{self.account}"
         )
         try:
-            await self._receive()
+            await listen()
         except asyncio.CancelledError:
             delivery.cancel()  # the server is being torn down: do not wait for the client
             raise
@@ -211,6 +209,11 @@ class Session:
             self.stop(CloseCode.GOING_AWAY)
             # The delivery task finishes its read (never cancelled mid-command) and closes.
             await delivery
+
+    def refresh(self, claims: Claims) -> None:
+        """A fresh token for the same account: its expiry and rights replace the old."""
+        self.claims = claims
+        self._schedule_expiry()
 
     def _schedule_expiry(self) -> None:
         """Close with 4001 when the token expires (again after each refresh)."""
@@ -281,54 +284,47 @@ class Session:
             return False
         if not batch.frames:
             return False
-        transport = self._room_for(batch.size)
-        if transport is not None:
-            # Below the high-water mark nothing waits: the whole batch in one write.
-            self._write_whole(transport, batch)
+        if self._write_whole(batch):
             self.cursor = batch.position_after(len(batch.ids))
             return batch.full and self._stop is None
-        frames = self._frames(batch)
+        assert self._wire is not None
+        pieces = self._wire.pieces(batch)
         written = 0
         try:
             async with asyncio.timeout(self._settings.send_timeout):
-                for frame in frames:
-                    # aiohttp hands the whole frame to the transport before it waits for the
-                    # buffer to drain: a send cut short by the timeout still delivers it.
+                for piece in pieces:
+                    # aiohttp hands the whole message to the transport before it waits for
+                    # the buffer to drain: a send cut short by the timeout still delivers it.
                     written += 1
-                    await self._send(frame)
+                    await self._wire.send(piece)
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
         finally:
             if written:
-                events = len(batch.ids) if frames is not batch.frames else written
+                events = written if len(pieces) == len(batch.ids) else len(batch.ids)
                 self.cursor = batch.position_after(events)
         return batch.full and self._stop is None
 
-    def _write_whole(self, transport: asyncio.Transport, batch: Batch) -> None:
-        """Hand the batch, framed once for every socket, to the transport in one write: one
-        system call for all its events. Only with a transport `_room_for` gave for it."""
-        transport.write(batch.wire(joined=self.batched))
-
-    def _frames(self, batch: Batch) -> list[bytes]:
-        """The batch as this client takes it: one frame per event, or one array (batch=1)."""
-        return [batch.joined()] if self.batched and batch.frames else batch.frames
-
-    def _room_for(self, size: int, *, empty: bool = False) -> asyncio.Transport | None:
-        """The socket's open transport if `size` more bytes stay under its high-water mark.
-
-        Below it the transport never pauses, so writes and aiohttp's sends return without
-        waiting. With `empty`, the buffer must also be empty: a transport paused earlier
-        resumes only at its low-water mark, and then even a small send could wait.
-        """
-        transport = self._request.transport if self._request else None
-        if transport is None or transport.is_closing() or self._ws is None or self._ws.closed:
-            return None
+    def _write_whole(self, batch: Batch, *, empty: bool = False) -> bool:
+        """Hand the batch, encoded once for every client on this kind of wire, to the
+        transport in one write (one system call for all its events), if it stays under the
+        transport's high-water mark: below it the transport never pauses, so nothing waits.
+        With `empty`, the buffer must also be empty: a transport paused earlier resumes only
+        at its low-water mark, and then even a small send could wait."""
+        wire = self._wire
+        transport = wire.transport() if wire is not None else None
+        if wire is None or transport is None:
+            return False
         buffered = transport.get_write_buffer_size()
         if empty and buffered:
-            return None
+            return False
+        data = wire.encode(batch)
         _, high = transport.get_write_buffer_limits()
-        return transport if buffered + size <= high else None
+        if buffered + len(data) > high:
+            return False
+        transport.write(data)
+        return True
 
     def _read_failed(self, error: Exception) -> None:
         self.in_doubt = True
@@ -345,110 +341,27 @@ class Session:
         asyncio.get_running_loop().call_later(self._read_backoff.next_delay(), self.signal.wake)
 
     async def _send_replies(self) -> None:
+        assert self._wire is not None
         try:
             async with asyncio.timeout(self._settings.send_timeout):
                 while self._replies:
-                    await self._send(self._replies.popleft())
+                    await self._wire.send(self._replies.popleft())
                     if self._room is not None:
                         self._room.set()
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
 
-    async def _send(self, frame: bytes) -> None:
-        assert self._ws is not None
-        await self._ws.send_frame(frame, WSMsgType.TEXT)
-
     async def _close(self) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
+        wire = self._wire
+        if wire is None:
             return
         code = self._stop or CloseCode.GOING_AWAY
-        self._close_code = code
-        # Bounded, and ends the connection whatever the client does (`HubWebSocket.close`).
-        await ws.close(code=code, message=str(self.cursor).encode())
+        # Bounded, and ends the connection whatever the client does.
+        if await wire.close(code, str(self.cursor)):
+            self._close_code = code
 
-    # --- the receive task ------------------------------------------------------------------
-
-    async def _receive(self) -> None:
-        assert self._ws is not None
-        async for message in self._ws:
-            if message.type is WSMsgType.ERROR:
-                # aiohttp closed the socket for a protocol error (1002, 1007, 1009...).
-                # Without a code (a pong that did not come), it sent nothing: 1006.
-                self._close_code = getattr(message.data, "code", None)
-                break
-            if self._stop is not None:
-                continue  # closing: drain until the close handshake ends the iteration
-            if message.type is WSMsgType.TEXT:
-                await self._handle(message.data)
-            elif message.type is WSMsgType.BINARY:
-                await self._reply(
-                    protocol.error(None, "binary_unsupported", "binary messages are not accepted")
-                )
-
-    async def _handle(self, text: str) -> None:
-        message = protocol.parse_message(text, sender=self.account)
-        if isinstance(message, Ping):
-            await self._reply(protocol.PONG.encode())
-        elif isinstance(message, Invalid):
-            await self._reply(protocol.error(message.ref, message.code, message.message))
-        elif isinstance(message, Publish):
-            await self._publish(message)
-        elif isinstance(message, Auth):
-            await self._refresh(message)
-
-    async def _refresh(self, message: Auth) -> None:
-        """Take a fresh token for the same account: its expiry and rights replace the old."""
-        secret = self._settings.secret
-        if self.claims.unrestricted or secret is None:
-            await self._reply(protocol.ack(message.ref))  # HUB_AUTH=off: nothing expires
-            return
-        try:
-            claims = verify(message.token, secret, time.time())
-        except Unauthorized as error:
-            await self._reply(protocol.error(message.ref, error.code, error.message))
-            return
-        if claims.subject != self.claims.subject:
-            await self._reply(
-                protocol.error(message.ref, "forbidden", "the token is for another account")
-            )
-            return
-        self.claims = claims
-        self._schedule_expiry()
-        await self._reply(protocol.ack(message.ref))
-
-    async def _publish(self, message: Publish) -> None:
-        if not self.claims.may_publish(message.to):
-            await self._reply(
-                protocol.error(
-                    message.ref, "forbidden", f"the token does not allow publishing to {message.to}"
-                )
-            )
-            return
-        try:
-            published = await uncancellable(
-                self._store.publish(
-                    message.to,
-                    message.type,
-                    message.payload,
-                    key=message.key,
-                    publisher=self.claims.subject or "",
-                )
-            )
-        except RequestError as error:  # 503, 504, 422: the same answers as over HTTP
-            if not isinstance(error, IdempotencyConflict):
-                self.log.warning("publish_failed", to=message.to, error=error.message)
-            await self._reply(protocol.error(message.ref, error.code, error.message))
-            return
-        except RedisError:
-            self.log.exception("publish_failed", to=message.to)
-            await self._reply(protocol.error(message.ref, "internal", "the publish failed"))
-            return
-        if message.acknowledge:
-            await self._reply(protocol.ack(message.ref, published.id, replayed=published.replayed))
-
-    async def _reply(self, frame: bytes) -> None:
+    async def reply(self, frame: bytes) -> None:
         """Queue a reply for the delivery task; wait while the queue is full (backpressure)."""
         if self._replies is None:
             self._replies = deque()

@@ -26,22 +26,10 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_websocket import WebSocketError
 
-from hub.aio import HeldSocket
+from hub.aio import HeldSocket, until_taken
 from hub.frames import MaskedFrames
 
 CLOSE_TIMEOUT = 5.0  # for the close handshake: longer, and the connection is reset
-
-
-async def _until_taken(
-    held: HeldSocket | None, transport: asyncio.Transport, deadline: float
-) -> None:
-    """Wait until the client has taken all that is on its way to it, or `deadline`."""
-    loop = asyncio.get_running_loop()
-    while loop.time() < deadline:
-        unsent = held.unsent() if held is not None else transport.get_write_buffer_size()
-        if not unsent:
-            return
-        await asyncio.sleep(0.05)  # nothing signals "taken": aiohttp's drain waiter is broken
 
 
 class _MaskChecked:
@@ -117,7 +105,7 @@ class HubWebSocket(web.WebSocketResponse):
                 # aiohttp's drain waiter, left cancelled by a timed-out send: the close frame
                 # is queued all the same, behind what the client has not read yet.
                 closed = True
-            await _until_taken(held, transport, deadline)
+            await until_taken(held, transport, deadline)
             frames = self._frames
             if held is not None and frames is not None and transport.is_closing():
                 # aiohttp stopped reading: take in what the client still sends, until its

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from hub import protocol
 from hub.auth import require
 from hub.config import Settings
-from hub.cursor import Start, parse_epoch, parse_last_id, resolve_start
-from hub.errors import BadRequest, RequestError, Unavailable
+from hub.cursor import Start, parse_epoch, parse_last_id
+from hub.errors import BadRequest, RequestError
 from hub.http import (
     BEARER_SUBPROTOCOL,
     SUBPROTOCOL,
@@ -23,21 +20,22 @@ from hub.http import (
     error_response,
     offered_subprotocols,
 )
+from hub.inbound import Inbound
 from hub.session import Session
-from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STORE, STREAM_STATES
+from hub.state import SETTINGS, STORE
+from hub.subscriptions import pin, release, serve
 from hub.websocket import HubWebSocket
+from hub.wires import WebSocketWire
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
-_connection_ids = itertools.count(1)
 
 
 @routes.get("/ws/{account_id}")
 async def websocket(request: web.Request) -> web.StreamResponse:
     """No error middleware wraps this handler (see `json_errors`): it answers its own."""
-    registry, sessions = request.app[REGISTRY], request.app[SESSIONS]
     try:
-        session, ws, start, epoch = await _open(request)
+        session, ws, start, epoch, batched = await _open(request)
     except RequestError as error:
         if _browser_refusal(request, error):
             return await _refuse_in_band(request, error)
@@ -48,29 +46,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise
         return response
     try:
-        try:
-            await ws.prepare(request)
-        except ConnectionResetError:
-            return web.Response()  # the client left during the handshake: nothing to serve
-        sessions.add(session)
-        log.info(
-            "session_opened",
-            account=session.account,
-            conn=session.conn,
-            last_id=str(start.reported),
-            recovered=start.recovered,
-        )
-        await session.run(request, ws, start, epoch)
-        log.info(
-            "session_closed",
-            account=session.account,
-            conn=session.conn,
-            last_id=str(session.cursor),
-            code=session.close_code,
-        )
-    finally:
-        registry.unregister(session.account, session.signal)
-        sessions.discard(session)
+        await ws.prepare(request)
+    except ConnectionResetError:
+        release(request, session)
+        return web.Response()  # the client left during the handshake: nothing to serve
+    except BaseException:
+        release(request, session)
+        raise
+    inbound = Inbound(session, ws, store=request.app[STORE], settings=request.app[SETTINGS])
+    wire = WebSocketWire(request, ws, batched=batched)
+    await serve(request, session, wire, start, epoch, inbound.receive)
     return ws
 
 
@@ -112,7 +97,7 @@ def _socket(request: web.Request, settings: Settings) -> HubWebSocket:
     )
 
 
-async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str]:
+async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str, bool]:
     """Check everything, register the session and pin its start, all before the upgrade."""
     settings = request.app[SETTINGS]
     check_origin(request)
@@ -133,26 +118,5 @@ async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str
     batched = request.query.get("batch", "0")
     if batched not in ("0", "1"):
         raise BadRequest("'batch' must be 0 or 1", code="invalid_batch")
-
-    session = Session(
-        account,
-        claims,
-        store=request.app[STORE],
-        reader=request.app[READER],
-        settings=settings,
-        conn=f"c{next(_connection_ids)}",
-        batched=batched == "1",
-    )
-    registry = request.app[REGISTRY]
-    # Register first, then pin the position, then answer 101: an event published at any
-    # instant from here on is either before the pinned position or wakes this session.
-    registry.register(account, session.signal)
-    try:
-        state = await request.app[STREAM_STATES]((account, requested.after))
-    except RedisError as error:
-        registry.unregister(account, session.signal)
-        raise Unavailable(f"Redis is unavailable: {error}") from None
-    except BaseException:
-        registry.unregister(account, session.signal)
-        raise
-    return session, ws, resolve_start(requested, state, epoch), state.epoch
+    session, start, current_epoch = await pin(request, account, claims, requested, epoch)
+    return session, ws, start, current_epoch, batched == "1"

@@ -1,0 +1,87 @@
+"""What every way of subscribing (`/ws`, `/sse`) does around the delivery engine: register
+before pinning the start position, log the open and the close, unregister at the end."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from hub.auth import Claims
+from hub.cursor import Requested, Start, resolve_start
+from hub.errors import Unavailable
+from hub.session import Session
+from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STREAM_STATES
+from hub.wires import Wire
+
+log = structlog.get_logger(__name__)
+_connection_ids = itertools.count(1)
+
+
+async def pin(
+    request: web.Request, account: str, claims: Claims, requested: Requested, epoch: str | None
+) -> tuple[Session, Start, str]:
+    """A registered session and its concrete start position, with the account's epoch.
+
+    Register first, then pin the position, then answer: an event published at any instant
+    from here on is either before the pinned position or wakes this session.
+    """
+    session = Session(
+        account,
+        claims,
+        reader=request.app[READER],
+        settings=request.app[SETTINGS],
+        conn=f"c{next(_connection_ids)}",
+    )
+    registry = request.app[REGISTRY]
+    registry.register(account, session.signal)
+    try:
+        state = await request.app[STREAM_STATES]((account, requested.after))
+    except RedisError as error:
+        registry.unregister(account, session.signal)
+        raise Unavailable(f"Redis is unavailable: {error}") from None
+    except BaseException:
+        registry.unregister(account, session.signal)
+        raise
+    return session, resolve_start(requested, state, epoch), state.epoch
+
+
+async def serve(
+    request: web.Request,
+    session: Session,
+    wire: Wire,
+    start: Start,
+    epoch: str,
+    listen: Callable[[], Awaitable[None]],
+) -> None:
+    """Run a pinned session over its opened wire until either side ends it."""
+    sessions = request.app[SESSIONS]
+    sessions.add(session)
+    try:
+        log.info(
+            "session_opened",
+            account=session.account,
+            conn=session.conn,
+            via=request.path.split("/", 2)[1],
+            last_id=str(start.reported),
+            recovered=start.recovered,
+        )
+        await session.run(wire, start, epoch, listen)
+        log.info(
+            "session_closed",
+            account=session.account,
+            conn=session.conn,
+            last_id=str(session.cursor),
+            code=session.close_code,
+        )
+    finally:
+        release(request, session)
+
+
+def release(request: web.Request, session: Session) -> None:
+    """Forget a session pinned by `pin` (served or not)."""
+    request.app[REGISTRY].unregister(session.account, session.signal)
+    request.app[SESSIONS].discard(session)
