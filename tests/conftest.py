@@ -13,7 +13,7 @@ from hub import logs
 from hub.app import create_app
 from hub.config import AuthMode, Settings
 from hub.server import HubRunner
-from tests.support import SECRET, RedisServer
+from tests.support import HUB_LOGS, SECRET, RedisServer, secrets_in_logs
 
 
 class HubTestServer(TestServer):
@@ -81,6 +81,15 @@ async def open_client(make_client: Any, settings: Settings) -> TestClient[Any, A
 def quiet_logs() -> None:
     """Warnings and errors only: per-connection info lines would drown test output."""
     logs.configure("warning", json=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_hub_logs() -> Iterator[None]:
+    """After the whole run: no line that a `hub serve` of any test wrote (every level, the
+    access log included) holds a token, the cookie or a query string."""
+    yield
+    leaks = secrets_in_logs(HUB_LOGS)
+    assert not leaks, "hub logs leak secrets:\n" + "\n".join(leaks[:20])
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's (./run installs it); Playwright cannot fetch its own

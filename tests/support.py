@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -242,12 +243,29 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+# A token (a JWT's header and claims), the cookie, a query string: never in a hub log line.
+SECRET_IN_LOG = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+|hub_token=|\?[\w%.-]+=")
+HUB_LOGS: list[Path] = []  # every HubProcess's log this run, scanned at its end (conftest)
+
+
+def secrets_in_logs(paths: list[Path]) -> list[str]:
+    """The lines of these logs that hold a token, the cookie or a query string."""
+    return [
+        f"{path.name}: {line[:200]}"
+        for path in paths
+        if path.exists()
+        for line in path.read_text(errors="replace").splitlines()
+        if SECRET_IN_LOG.search(line)
+    ]
+
+
 class HubProcess:
     """`python -m hub serve` on the embedded Redis, with its JSON log lines collected."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.port = int(env["HUB_PORT"])
         self.log = cwd / f"hub-{time.monotonic_ns()}.log"
+        HUB_LOGS.append(self.log)
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hub", "serve"], env=env, cwd=cwd, stderr=log

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hub.auth import verify
-from tests.support import SECRET, HubProcess, alive, free_port, token, wait_for
+from tests.support import SECRET, HubProcess, alive, free_port, secrets_in_logs, token, wait_for
 
 
 def hub_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -203,3 +203,16 @@ def test_a_busy_port_is_one_line_and_leaves_no_redis(
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "redis.sock").exists()
+
+
+def test_the_log_scan_finds_tokens_cookies_and_query_strings(tmp_path: Path) -> None:
+    """The run-wide scan (conftest `no_secrets_in_hub_logs`) must see what it looks for."""
+    log = tmp_path / "hub.log"
+    clean = '{"event": "request", "path": "/sse/7", "status": 200}'
+    leaks = [
+        f'{{"event": "x", "detail": "{token("7")}"}}',
+        '{"event": "x", "headers": "Cookie: hub_token=abc"}',
+        '{"event": "request", "path": "/ws/7?last_id=0"}',
+    ]
+    log.write_text("\n".join([clean, *leaks]) + "\n")
+    assert len(secrets_in_logs([log])) == len(leaks)
