@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--idle", type=float, default=5.0, help="seconds of idle measurement before publishing"
     )
     parser.add_argument("--batch", action="store_true", help="ask for batched frames (?batch=1)")
+    parser.add_argument(
+        "--transport",
+        choices=["ws", "sse"],
+        default="ws",
+        help="WebSockets (/ws), or event streams as EventSource opens them (/sse)",
+    )
     parser.add_argument("--no-auth", action="store_true", help="the hub runs with HUB_AUTH=off")
     parser.add_argument(
         "--out", type=Path, default=Path("results"), help="directory for JSON and HTML"
@@ -167,7 +173,8 @@ class Run:
         return [
             clients.Plan(
                 index=index,
-                base_url=self.ws_base,
+                base_url=self.http_base if args.transport == "sse" else self.ws_base,
+                path="/sse/{account}" if args.transport == "sse" else "/ws/{account}",
                 accounts=[
                     self.accounts[n % args.accounts] for n in range(index, args.sockets, args.procs)
                 ],

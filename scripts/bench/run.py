@@ -35,9 +35,16 @@ sys.path.insert(0, str(HERE.parent))
 import loadtest  # noqa: E402
 from loadlib import report  # noqa: E402
 
-IMPLEMENTATIONS = ("hub", "hub-batch", "polling", "blocking", "floor")
+IMPLEMENTATIONS = ("hub", "hub-batch", "hub-sse", "polling", "blocking", "floor")
 # hub-batch: the hub, its clients asking for several events per frame (?batch=1)
-RATIOS = [("hub", "polling"), ("hub", "blocking"), ("hub", "floor"), ("hub-batch", "floor")]
+# hub-sse: the hub, its clients event streams (/sse) as EventSource opens them
+RATIOS = [
+    ("hub", "polling"),
+    ("hub", "blocking"),
+    ("hub", "floor"),
+    ("hub-batch", "floor"),
+    ("hub-sse", "hub"),
+]
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,7 @@ def run_one(
             "--publish-via",
             "firehose" if implementation == "floor" else "redis",
             *(["--batch"] if implementation == "hub-batch" else []),
+            *(["--transport", "sse"] if implementation == "hub-sse" else []),
         ]
         run = loadtest.Run(loadtest.parse_args(argv))
         summary = run.run()

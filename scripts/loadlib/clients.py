@@ -1,4 +1,4 @@
-"""A load-generating worker process: many WebSocket clients on one event loop.
+"""A load-generating worker process: many WebSocket (or event-stream) clients on one loop.
 
 Each client records, for every event it receives, the per-account sequence number and the
 publish timestamp carried in the payload, so the parent can count lost, duplicated and
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from loadlib import wsclient
+from loadlib import sseclient, wsclient
 
 RESERVOIR = 100_000  # latency samples kept per worker
 BUCKET_NS = 100_000_000  # throughput-over-time resolution: 100 ms
@@ -36,7 +36,7 @@ class Plan:
     concurrency: int
     ramp: float
     seed: int
-    path: str = "/ws/{account}"
+    path: str = "/ws/{account}"  # or /sse/{account}: event streams, on http://
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Worker:
         self.buckets: dict[int, int] = {}
         self.received = 0
         self.last_received_ns = 0  # wall clock of the last event, to end the throughput window
-        self.clients: list[wsclient.WebSocketClient] = []
+        self.clients: list[wsclient.WebSocketClient | sseclient.EventStreamClient] = []
 
     def _latency(self, ns: int, now: int) -> None:
         self.latency_count += 1
@@ -120,12 +120,14 @@ class Worker:
                 welcomed.set_result(None)
             self._on_text(track, payload)
 
+        connect = sseclient.connect if self.plan.path.startswith("/sse/") else wsclient.connect
         async with gate:
             if self.first_attempt is None:
                 self.first_attempt = time.time()
             started = time.perf_counter()
             try:
-                client = await asyncio.wait_for(wsclient.connect(url, on_text, headers), 30)
+                client: wsclient.WebSocketClient | sseclient.EventStreamClient
+                client = await asyncio.wait_for(connect(url, on_text, headers), 30)
                 await asyncio.wait_for(welcomed, 30)
             except Exception as error:
                 self.counters[self.row + FAILED] += 1
