@@ -356,6 +356,27 @@ async def stuck_client_expiring(target: Target) -> Outcome:
     return await reading_nothing(target, 600_000, expiry - time.time() + 15, exp=expiry)
 
 
+@probe("stuck event stream", "open /sse, read nothing, get 12 MB of events", slow=True)
+async def stuck_event_stream(target: Target) -> Outcome:
+    """The same for an event stream: its close event cannot reach the client either."""
+    account = target.account()
+    connection = await raw.Connection.open(target.host, target.port, receive_buffer=4096)
+    try:
+        head = [f"GET /sse/{account} HTTP/1.1", f"Host: {target.host}"]
+        head += [f"{name}: {value}" for name, value in target.auth(account).items()]
+        connection.send(("\r\n".join(head) + "\r\n\r\n").encode())
+        async with asyncio.timeout(10):
+            status = await connection.reader.readuntil(b"\r\n")
+            if b" 200 " not in status:
+                return Outcome(status.decode("latin-1").strip(), False)
+            await connection.reader.readuntil(b"event: welcome")
+        connection.stop_reading()
+        failed = await publish_big(target, account, 12_000_000)
+        return failed or await released(connection, target.send_timeout + 15)
+    finally:
+        await connection.close()
+
+
 async def reading_nothing(target: Target, size: int, limit: float, **claims: Any) -> Outcome:
     """Open a socket (its token with `claims`), read nothing, have about `size` bytes of
     events published to it: whether the hub ends the connection within `limit` seconds."""
