@@ -17,6 +17,7 @@ from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
 from hub.http import cors_headers, json_router_errors
 from hub.http import routes as http_routes
+from hub.metrics import routes as metrics_routes
 from hub.notifier import Notifier
 from hub.origins import OriginPolicy
 from hub.protocol import CloseCode
@@ -32,9 +33,11 @@ from hub.state import (
     REGISTRY,
     SESSIONS,
     SETTINGS,
+    STATS,
     STORE,
     STREAM_STATES,
 )
+from hub.stats import Stats
 from hub.store import Store, connect
 from hub.ws import routes as ws_routes
 
@@ -59,6 +62,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app[ORIGINS] = OriginPolicy(settings.allowed_origins)
     app[REGISTRY] = Registry()
     app[SESSIONS] = set()
+    app[STATS] = Stats()
     url = redis_url or settings.redis_url
     if url is None:
         app.cleanup_ctx.append(_embedded_redis)
@@ -70,6 +74,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app.add_routes(ws_routes)
     app.add_routes(sse_routes)
     app.add_routes(asset_routes)
+    app.add_routes(metrics_routes)
     return app
 
 
@@ -105,13 +110,14 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
         block_ms=settings.block_ms,
         batch=settings.index_batch,
         on_doubt=lambda: _doubt_every_position(app),
+        stats=app[STATS],
     )
     try:
         await notifier.start_position()
     except (RedisError, OSError) as error:
         log.warning("redis_unavailable_at_start", error=str(error))
     app[STORE], app[NOTIFIER] = store, notifier
-    app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch)
+    app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch, app[STATS])
     app[STREAM_STATES] = stream_states = Coalesced(store.stream_states, MAX_OPENS_PER_COMMAND)
     task = asyncio.create_task(notifier.run(), name="notifier")
     if settings.auth is AuthMode.OFF:

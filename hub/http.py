@@ -17,6 +17,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
+from hub import publishing
 from hub.aio import uncancellable, within
 from hub.auth import UNRESTRICTED, Claims, require, verify
 from hub.config import AuthMode
@@ -38,7 +39,7 @@ from hub.ids import (
     validate_idempotency_key,
 )
 from hub.origins import CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS
-from hub.state import NOTIFIER, ORIGINS, SETTINGS, STORE
+from hub.state import NOTIFIER, ORIGINS, SETTINGS, STATS, STORE
 from hub.store import UNAVAILABLE
 
 DEFAULT_HISTORY_LIMIT = 100
@@ -267,10 +268,15 @@ async def publish(request: web.Request) -> web.Response:
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is not None:
         validate_idempotency_key(key)
-    published = await uncancellable(
-        request.app[STORE].publish(
-            account, event_type, payload, key=key, publisher=claims.subject or ""
-        )
+    published = await publishing.publish(
+        request.app[STORE],
+        request.app[STATS],
+        "http",
+        account,
+        event_type,
+        payload,
+        key=key,
+        publisher=claims.subject or "",
     )
     if published.replayed:
         response = json_response({"id": published.id}, status=200)

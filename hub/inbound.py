@@ -8,13 +8,13 @@ import time
 from aiohttp import WSMsgType
 from redis.exceptions import RedisError
 
-from hub import protocol
-from hub.aio import uncancellable
+from hub import protocol, publishing
 from hub.auth import verify
 from hub.config import Settings
 from hub.errors import IdempotencyConflict, RequestError, Unauthorized
 from hub.protocol import Auth, Invalid, Ping, Publish
 from hub.session import Session
+from hub.stats import Stats
 from hub.store import Store
 from hub.websocket import HubWebSocket
 
@@ -22,12 +22,19 @@ from hub.websocket import HubWebSocket
 class Inbound:
     """The receive task of one socket."""
 
-    __slots__ = ("_session", "_settings", "_store", "_ws")
+    __slots__ = ("_session", "_settings", "_stats", "_store", "_ws")
 
     def __init__(
-        self, session: Session, ws: HubWebSocket, *, store: Store, settings: Settings
+        self,
+        session: Session,
+        ws: HubWebSocket,
+        *,
+        store: Store,
+        settings: Settings,
+        stats: Stats,
     ) -> None:
-        self._session, self._ws, self._store, self._settings = session, ws, store, settings
+        self._session, self._ws, self._store = session, ws, store
+        self._settings, self._stats = settings, stats
 
     async def receive(self) -> None:
         """Until the socket closes: each message answered in the order it came."""
@@ -87,14 +94,15 @@ class Inbound:
             )
             return
         try:
-            published = await uncancellable(
-                self._store.publish(
-                    message.to,
-                    message.type,
-                    message.payload,
-                    key=message.key,
-                    publisher=session.claims.subject or "",
-                )
+            published = await publishing.publish(
+                self._store,
+                self._stats,
+                "socket",
+                message.to,
+                message.type,
+                message.payload,
+                key=message.key,
+                publisher=session.claims.subject or "",
             )
         except RequestError as error:  # 503, 504, 422: the same answers as over HTTP
             if not isinstance(error, IdempotencyConflict):

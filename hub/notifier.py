@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from hub.aio import Backoff
 from hub.ids import StreamId, is_valid_account_id
 from hub.registry import Registry
+from hub.stats import Stats
 from hub.store import Entry, Store
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,9 @@ class Notifier:
         batch: int,
         clock: Callable[[], float] = time.monotonic,
         on_doubt: Callable[[], None] | None = None,
+        stats: Stats | None = None,
     ) -> None:
+        self._stats = stats or Stats()
         self._store = store
         self._registry = registry
         self._block_ms = block_ms
@@ -73,15 +76,19 @@ class Notifier:
     async def run(self) -> None:
         backoff = Backoff()
         in_doubt = True  # after a (re)start: read at once, then wake everyone
+        failed = False
         while not self._stopping:
             try:
                 if self.position is None:
                     await self.start_position()
                 await self._read_once(in_doubt=in_doubt)
-                in_doubt = False
+                if failed:
+                    self._stats.notifier_recoveries += 1
+                in_doubt = failed = False
                 backoff.reset()
             except (RedisError, OSError) as error:
-                in_doubt = True
+                in_doubt = failed = True
+                self._stats.redis_errors["notifier"] += 1
                 delay = backoff.next_delay()
                 log.warning("notifier_redis_error", error=str(error), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
@@ -96,6 +103,8 @@ class Notifier:
         block = None if in_doubt else self._block_ms
         entries = await self._store.read_index(before, self._batch, block)
         self.last_read_at = self._clock()
+        self._stats.notifier_reads += 1
+        self._stats.notifier_batch.observe(len(entries))
         if in_doubt:
             # Redis may have lost data meanwhile: sessions check their positions before they
             # read on (told first, then woken).

@@ -26,6 +26,7 @@ from hub.cursor import position_lost
 from hub.events import event_frame
 from hub.ids import StreamId
 from hub.registry import Registry, Signal
+from hub.stats import Stats
 from hub.store import Store
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,11 @@ class Batch:
             value = self._shared[key] = build(self)
             return value
 
+    @property
+    def oldest_ms(self) -> int:
+        """The time part of the first event's ID: when it was published (Redis's clock)."""
+        return self.shared("oldest_ms", _first_id_ms)
+
     def position_after(self, sent: int) -> StreamId:
         """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
         if sent < len(self.ids):
@@ -63,6 +69,10 @@ class Batch:
         if self._last is None:
             self._last = StreamId.parse(self.ids[-1])
         return self._last
+
+
+def _first_id_ms(batch: Batch) -> int:
+    return int(batch.ids[0].partition(b"-")[0])
 
 
 class Listener(Protocol):
@@ -92,8 +102,9 @@ class _Flight:
 class Reader:
     """The process's reads of account streams, coalesced and shared (see the module doc)."""
 
-    def __init__(self, store: Store, registry: Registry, count: int) -> None:
+    def __init__(self, store: Store, registry: Registry, count: int, stats: Stats) -> None:
         self._store = store
+        self._stats = stats
         self._registry = registry
         self._count = count
         self._pending: dict[Position, asyncio.Future[Batch]] = {}
@@ -179,6 +190,7 @@ class Reader:
     ) -> None:
         try:
             gone = await self._positions_lost(doubts) if doubts else set()
+            self._stats.stream_reads += len(pending)
             found = await self._store.read_many(list(pending), self._count)
             full = [p for p, entries in found.items() if len(entries) >= self._count]
             # Only a full read can hide a gap (see `StreamHead.lost_after`).
@@ -197,6 +209,7 @@ class Reader:
                     )
                 )
         except Exception as error:
+            self._stats.redis_errors["read"] += 1
             for future in pending.values():
                 if not future.done():
                     future.set_exception(error)

@@ -37,6 +37,7 @@ from hub.ids import StreamId
 from hub.protocol import CloseCode
 from hub.reads import Batch, Reader
 from hub.registry import Signal
+from hub.stats import Stats
 from hub.wires import Wire
 
 MAX_QUEUED_REPLIES = 64
@@ -60,6 +61,7 @@ class Session:
         "_resume_read",
         "_room",
         "_settings",
+        "_stats",
         "_stop",
         "_waiter",
         "_wire",
@@ -70,6 +72,7 @@ class Session:
         "epoch",
         "in_doubt",
         "signal",
+        "via",
     )
 
     def __init__(
@@ -79,12 +82,16 @@ class Session:
         *,
         reader: Reader,
         settings: Settings,
+        stats: Stats,
         conn: str,
+        via: str,
     ) -> None:
         self.account = account
         self.claims = claims
         self.cursor = StreamId(0, 0)
         self._reader = reader
+        self._stats = stats
+        self.via = via  # how the client subscribed: ws, sse
         self._settings = settings
         self.conn = conn
         self.signal = Signal(self._on_wake)
@@ -149,7 +156,7 @@ class Session:
         if batch.frames:
             if self._replies or not self._write_whole(batch, empty=True):
                 return False
-            self.cursor = batch.position_after(len(batch.ids))
+            self._delivered(batch, len(batch.ids))
         if batch.full:
             return False
         if self.signal.pending:
@@ -166,6 +173,10 @@ class Session:
     def closed_by_protocol_error(self, code: int | None) -> None:
         """aiohttp closed the socket for a protocol error, with `code` (None: nothing sent)."""
         self._close_code = code
+
+    @property
+    def queued_replies(self) -> int:
+        return len(self._replies) if self._replies else 0
 
     @property
     def stopping(self) -> CloseCode | None:
@@ -285,7 +296,7 @@ class Session:
         if not batch.frames:
             return False
         if self._write_whole(batch):
-            self.cursor = batch.position_after(len(batch.ids))
+            self._delivered(batch, len(batch.ids))
             return batch.full and self._stop is None
         assert self._wire is not None
         pieces = self._wire.pieces(batch)
@@ -302,9 +313,13 @@ class Session:
             self.stop(CloseCode.SLOW_CONSUMER)
         finally:
             if written:
-                events = written if len(pieces) == len(batch.ids) else len(batch.ids)
-                self.cursor = batch.position_after(events)
+                self._delivered(batch, written if len(pieces) == len(batch.ids) else len(batch.ids))
         return batch.full and self._stop is None
+
+    def _delivered(self, batch: Batch, events: int) -> None:
+        """The first `events` of the batch were handed to the client: move the cursor."""
+        self.cursor = batch.position_after(events)
+        self._stats.deliver(events, batch.oldest_ms, int(time.time() * 1000))
 
     def _write_whole(self, batch: Batch, *, empty: bool = False) -> bool:
         """Hand the batch, encoded once for every client on this kind of wire, to the

@@ -16,9 +16,10 @@ from aiohttp import web
 from hub import eventstream
 from hub.auth import require
 from hub.cursor import Requested, parse_epoch, parse_last_id
+from hub.errors import RequestError
 from hub.http import account_param, authenticate, check_origin, error_for
 from hub.state import SETTINGS
-from hub.subscriptions import pin, release, serve
+from hub.subscriptions import pin, refused, release, serve
 from hub.wires import EventStreamWire
 
 routes = web.RouteTableDef()
@@ -37,6 +38,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         requested, epoch = resume_position(request)
         session, start, current_epoch = await pin(request, account, claims, requested, epoch)
     except Exception as error:
+        if isinstance(error, RequestError):
+            refused(request, error)
         response = error_for(error, request.path)
         if response is None:
             raise

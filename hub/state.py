@@ -13,12 +13,14 @@ from hub.origins import OriginPolicy
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
+from hub.stats import Stats
 from hub.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 ORIGINS = web.AppKey("origins", OriginPolicy)
 REGISTRY = web.AppKey("registry", Registry)
 SESSIONS = web.AppKey[set[Session]]("sessions")
+STATS = web.AppKey("stats", Stats)
 REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
 NOTIFIER = web.AppKey("notifier", Notifier)

@@ -12,9 +12,9 @@ from redis.exceptions import RedisError
 
 from hub.auth import Claims
 from hub.cursor import Requested, Start, resolve_start
-from hub.errors import Unavailable
+from hub.errors import RequestError, Unavailable
 from hub.session import Session
-from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STREAM_STATES
+from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
 from hub.wires import Wire
 
 log = structlog.get_logger(__name__)
@@ -34,7 +34,9 @@ async def pin(
         claims,
         reader=request.app[READER],
         settings=request.app[SETTINGS],
+        stats=request.app[STATS],
         conn=f"c{next(_connection_ids)}",
+        via=via(request),
     )
     registry = request.app[REGISTRY]
     registry.register(account, session.signal)
@@ -58,18 +60,20 @@ async def serve(
     listen: Callable[[], Awaitable[None]],
 ) -> None:
     """Run a pinned session over its opened wire until either side ends it."""
-    sessions = request.app[SESSIONS]
+    sessions, stats = request.app[SESSIONS], request.app[STATS]
     sessions.add(session)
+    stats.opened[session.via] += 1
     try:
         log.info(
             "session_opened",
             account=session.account,
             conn=session.conn,
-            via=request.path.split("/", 2)[1],
+            via=session.via,
             last_id=str(start.reported),
             recovered=start.recovered,
         )
         await session.run(wire, start, epoch, listen)
+        stats.closed[str(session.close_code or "none")] += 1
         log.info(
             "session_closed",
             account=session.account,
@@ -79,6 +83,16 @@ async def serve(
         )
     finally:
         release(request, session)
+
+
+def via(request: web.Request) -> str:
+    """How the client subscribes: `ws` or `sse` (the first segment of the path)."""
+    return request.path.split("/", 2)[1]
+
+
+def refused(request: web.Request, error: RequestError) -> None:
+    """Count a subscription refused before it opened."""
+    request.app[STATS].refused[error.code] += 1
 
 
 def release(request: web.Request, session: Session) -> None:

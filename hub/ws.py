@@ -22,8 +22,8 @@ from hub.http import (
 )
 from hub.inbound import Inbound
 from hub.session import Session
-from hub.state import SETTINGS, STORE
-from hub.subscriptions import pin, release, serve
+from hub.state import SETTINGS, STATS, STORE
+from hub.subscriptions import pin, refused, release, serve
 from hub.websocket import HubWebSocket
 from hub.wires import WebSocketWire
 
@@ -37,6 +37,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         session, ws, start, epoch, batched = await _open(request)
     except RequestError as error:
+        refused(request, error)
         if _browser_refusal(request, error):
             return await _refuse_in_band(request, error)
         return error_response(error.status, error.code, error.message)
@@ -53,7 +54,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except BaseException:
         release(request, session)
         raise
-    inbound = Inbound(session, ws, store=request.app[STORE], settings=request.app[SETTINGS])
+    inbound = Inbound(
+        session,
+        ws,
+        store=request.app[STORE],
+        settings=request.app[SETTINGS],
+        stats=request.app[STATS],
+    )
     wire = WebSocketWire(request, ws, batched=batched)
     await serve(request, session, wire, start, epoch, inbound.receive)
     return ws

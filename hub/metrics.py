@@ -1,0 +1,144 @@
+"""`GET /metrics`: the process's counts (hub/stats.py) and gauges read from its state, in the
+Prometheus text format through `prometheus-client`, built when scraped (nothing on the hot path).
+
+Keep it private: the shipped nginx config does not route it (deploy/nginx.conf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from hub.session import Session
+from hub.state import SESSIONS, STATS
+from hub.stats import Histogram, Stats
+
+routes = web.RouteTableDef()
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HubCollector(Collector):
+    """The metrics of one hub process, from its `Stats` and its open sessions."""
+
+    def __init__(self, stats: Stats, sessions: set[Session]) -> None:
+        self._stats, self._sessions = stats, sessions
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        open_by_via: dict[str, int] = {"ws": 0, "sse": 0}
+        queued = 0
+        for session in self._sessions:
+            open_by_via[session.via] = open_by_via.get(session.via, 0) + 1
+            queued += session.queued_replies
+        yield _labelled(
+            GaugeMetricFamily, "hub_sockets_open", "Open subscriptions", "via", open_by_via
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "hub_sockets_opened",
+            "Subscriptions opened (WebSockets and event streams)",
+            "via",
+            stats.opened,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "hub_sockets_closed",
+            "Subscriptions closed, by the close code the client got (none: an event stream"
+            " whose client left)",
+            "code",
+            stats.closed,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "hub_handshakes_refused",
+            "Subscriptions refused before they opened, by error code",
+            "reason",
+            stats.refused,
+        )
+        yield _labelled(
+            CounterMetricFamily, "hub_events_published", "Events stored", "via", stats.published
+        )
+        yield CounterMetricFamily(
+            "hub_publishes_rate_limited",
+            "Socket publishes refused by HUB_PUBLISH_RATE",
+            value=stats.rate_limited,
+        )
+        yield CounterMetricFamily(
+            "hub_events_delivered", "Events written to clients", value=stats.delivered
+        )
+        yield CounterMetricFamily(
+            "hub_stream_reads", "Reads of account streams (positions)", value=stats.stream_reads
+        )
+        yield CounterMetricFamily(
+            "hub_notifier_reads", "Reads of the index by the notifier", value=stats.notifier_reads
+        )
+        yield CounterMetricFamily(
+            "hub_notifier_recoveries",
+            "Times the notifier read again after losing Redis (every session then rechecks)",
+            value=stats.notifier_recoveries,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "hub_redis_errors",
+            "Redis commands that failed, by where",
+            "where",
+            stats.redis_errors,
+        )
+        yield GaugeMetricFamily(
+            "hub_replies_queued", "Socket replies waiting to be written", value=queued
+        )
+        yield _histogram(
+            "hub_publish_duration_seconds", "Time to store a publish", stats.publish_seconds
+        )
+        yield _histogram(
+            "hub_delivery_lag_seconds",
+            "From an event's stream ID time to its write to a client (a batch written at once"
+            " counts each event with the lag of its oldest)",
+            stats.delivery_lag,
+        )
+        yield _histogram(
+            "hub_notifier_batch_events",
+            "Index entries per notifier read",
+            stats.notifier_batch,
+        )
+
+
+def _labelled(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    values: dict[str, int],
+) -> Metric:
+    family = kind(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> Metric:
+    return HistogramMetricFamily(
+        name, documentation, buckets=histogram.cumulative(), sum_value=histogram.sum
+    )
+
+
+def exposition(stats: Stats, sessions: set[Session]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(stats, sessions))
+    return generate_latest(registry)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """This process's metrics (keep the route private: deploy/nginx.conf does not pass it)."""
+    body = exposition(request.app[STATS], request.app[SESSIONS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,67 @@
+"""What the hub counts, as plain numbers. Pure: no I/O, no metrics library.
+
+The hot path pays an addition (a delivery is counted once per write, however many events it
+carries); hub/metrics.py turns these into Prometheus metrics when `/metrics` is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Seconds. Delivery lag spans a live socket (ms) to a client catching up on a backlog (min).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class Histogram:
+    """Counts per bucket (`value <= bound`), with a weight: a batch of events written at once
+    counts each of them."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, weight: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += weight
+        self.sum += value * weight
+        self.count += weight
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(`le`, observations at or below it) per bucket, `+Inf` last: Prometheus's form."""
+        running, buckets = 0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
+@dataclass(slots=True)
+class Stats:
+    """One process's counts since it started."""
+
+    opened: Counter[str] = field(default_factory=Counter)  # subscriptions, by `via`
+    closed: Counter[str] = field(default_factory=Counter)  # by the close code the client got
+    refused: Counter[str] = field(default_factory=Counter)  # handshakes, by error code
+    published: Counter[str] = field(default_factory=Counter)  # by `via`: http, socket
+    rate_limited: int = 0  # socket publishes refused by HUB_PUBLISH_RATE
+    delivered: int = 0  # events written to clients
+    stream_reads: int = 0  # positions read from account streams
+    notifier_reads: int = 0
+    notifier_recoveries: int = 0  # the notifier read again after losing Redis
+    redis_errors: Counter[str] = field(default_factory=Counter)  # by where they were met
+    publish_seconds: Histogram = field(default_factory=lambda: Histogram(PUBLISH_BUCKETS))
+    delivery_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
+    notifier_batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+
+    def deliver(self, events: int, oldest_ms: int, now_ms: int) -> None:
+        """`events` written to one client at once, the oldest published at `oldest_ms` (its
+        stream ID's time): each counts with that lag, an upper bound for the others."""
+        self.delivered += events
+        self.delivery_lag.observe(max(0, now_ms - oldest_ms) / 1000, events)

@@ -1,0 +1,91 @@
+"""`/metrics` against known traffic: every count is the one the test caused."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from hub.config import Settings
+from hub.state import SESSIONS
+from tests.support import RedisServer, bearer, receive_events, receive_json, wait_until
+from tests.test_sse import open_stream
+from tests.test_ws import connect, publish
+
+Client = TestClient[Any, Any]
+
+
+async def scrape(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, by name and labels."""
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_the_traffic_they_saw(client: Client) -> None:
+    sessions = client.app[SESSIONS]
+    publisher = await connect(client, "1", publish=["1"])
+    reader = await connect(client, "1")
+    stream, _ = await open_stream(client, "1")
+    assert (await client.get("/sse/1")).status == 401  # refused: missing_token
+
+    for n in range(3):
+        await publish(client, "1", n)
+    await publisher.send_str('{"op": "publish", "to": "1", "type": "T", "payload": 3, "ref": 1}')
+    frames = [await receive_json(publisher) for _ in range(5)]  # its ack and 4 events
+    assert [f.get("op") for f in frames].count("ack") == 1
+    await receive_events(reader, 4)
+    await stream.events(4)
+    await reader.close()  # the client closes: 1000
+    await wait_until(lambda: len(sessions) == 2, what="the closed socket to be counted")
+    metrics = await scrape(client)
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("hub_events_published_total", via="http") == 3
+    assert value("hub_events_published_total", via="socket") == 1
+    assert value("hub_publish_duration_seconds_count") == 4
+    assert value("hub_sockets_opened_total", via="ws") == 2
+    assert value("hub_sockets_opened_total", via="sse") == 1
+    assert value("hub_sockets_open", via="ws") == 1
+    assert value("hub_sockets_open", via="sse") == 1
+    assert value("hub_sockets_closed_total", code="1000") == 1
+    assert value("hub_handshakes_refused_total", reason="missing_token") == 1
+    assert value("hub_events_delivered_total") == 12  # 4 events to each of 3 subscribers
+    assert value("hub_delivery_lag_seconds_count") == 12
+    assert value("hub_notifier_reads_total") >= 1
+    assert value("hub_stream_reads_total") >= 1
+    assert not [key for key in metrics if key[0] == "hub_redis_errors_total"]
+
+
+async def test_redis_failures_and_the_notifier_s_recovery_are_counted(
+    make_client: Any, settings: Settings, own_redis: RedisServer
+) -> None:
+    client = await make_client(settings, redis_url=own_redis.url, block_ms=200)
+    own_redis.stop()
+    response = await client.post(
+        "/accounts/1/events", json={"type": "T", "payload": 1}, headers=bearer("svc", "*")
+    )
+    assert response.status == 503
+    own_redis.start()
+    await publish(client, "1", "after")  # through once Redis is back
+
+    async def recovered() -> bool:
+        return (await scrape(client)).get(("hub_notifier_recoveries_total", ()), 0) >= 1
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while not await recovered():
+        assert asyncio.get_running_loop().time() < deadline, "the notifier did not recover"
+        await asyncio.sleep(0.1)
+    metrics = await scrape(client)
+    assert metrics[("hub_redis_errors_total", (("where", "publish"),))] == 1
+    assert metrics[("hub_redis_errors_total", (("where", "notifier"),))] >= 1
+    assert metrics[("hub_events_published_total", (("via", "http"),))] == 1
