@@ -8,8 +8,10 @@
 // The same rules as the Python client (hub/client.py): every event is delivered once, in stream
 // order, across reconnects (resumed from `lastId` with `epoch`); `onReset(welcome)` says when
 // history was lost (`recovered: false`); reconnects back off with full jitter, 0.5 s doubling to
-// 20 s; the token is refreshed through `getToken()` 30 s before it expires and on 4001/4401;
-// refusals retrying cannot fix (4400, 4403) end in state "failed".
+// 20 s; the token is refreshed through `getToken()` 30 s before it expires (handed to the live
+// socket with `{"op": "auth"}`) and on 4001/4401 (a reconnect at once, backing off only if the
+// fresh token is refused too); refusals retrying cannot fix (4400, 4403; 4001/4401 without
+// `getToken`) end in state "failed". `drop()` breaks the socket on purpose, for demos.
 
 /** First reconnect delay bound, in ms (doubling per failed attempt). */
 export const FIRST_DELAY = 500;
@@ -174,7 +176,7 @@ export class HubClient {
     if (FATAL.has(code) || (NEW_TOKEN.has(code) && !this.#getToken)) {
       return this.#stop("failed", reason || `closed with ${code}`);
     }
-    if (false) {
+    if (NEW_TOKEN.has(code) && this.#attempt === 0) {
       this.#attempt = 1; // at once, the first time; backing off if the fresh token fails too
       return this.#open(true);
     }
@@ -210,6 +212,7 @@ export class HubClient {
       return;
     }
     for (const item of Array.isArray(frame) ? frame : [frame]) {
+      if (this.#ws !== ws) return; // a callback closed the client
       if (item === null || typeof item !== "object") continue;
       if (!("op" in item)) this.#event(item);
       else if (item.op === "welcome") this.#welcome(ws, item);
