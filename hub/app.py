@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -11,6 +13,7 @@ from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from hub import logs
+from hub.admission import Admission
 from hub.aio import Coalesced, consume_result
 from hub.assets import routes as asset_routes
 from hub.config import AuthMode, Settings
@@ -26,6 +29,7 @@ from hub.registry import Registry
 from hub.session import Session
 from hub.sse import routes as sse_routes
 from hub.state import (
+    ADMISSION,
     NOTIFIER,
     ORIGINS,
     READER,
@@ -63,6 +67,12 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app[REGISTRY] = Registry()
     app[SESSIONS] = set()
     app[STATS] = Stats()
+    app[ADMISSION] = Admission(
+        max_sockets=socket_limit(settings),
+        max_accept_rate=settings.max_accept_rate,
+        max_per_account=settings.max_sockets_per_account,
+        now=time.monotonic(),
+    )
     url = redis_url or settings.redis_url
     if url is None:
         app.cleanup_ctx.append(_embedded_redis)
@@ -76,6 +86,14 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     app.add_routes(asset_routes)
     app.add_routes(metrics_routes)
     return app
+
+
+def socket_limit(settings: Settings) -> int:
+    """HUB_MAX_SOCKETS, by default 90% of the open-file limit (0: no limit)."""
+    if settings.max_sockets is not None:
+        return settings.max_sockets
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 0 if soft == resource.RLIM_INFINITY else int(soft * 0.9)
 
 
 async def _server_header(_: web.Request, response: web.StreamResponse) -> None:

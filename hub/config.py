@@ -43,6 +43,11 @@ class Settings:
     max_message: int = 65_536
     log_level: str = "info"
     idempotency_window: int = 300  # seconds a publish's idempotency key is remembered
+    # Admission limits (hub/admission.py), 0 for none. None: 90% of the open-file limit.
+    max_sockets: int | None = None
+    max_accept_rate: int = 2_000  # new subscriptions per second
+    max_sockets_per_account: int = 100
+    publish_rate: int = 100  # socket publishes per second, burst of twice that
 
     block_ms: int = 5_000  # the notifier's XREAD BLOCK; readiness allows this + 5 s
     index_retention: int = 100_000  # approximate length of hub:index
@@ -129,6 +134,12 @@ def load_settings(
         idempotency_window=get(
             "HUB_IDEMPOTENCY_WINDOW", _int_at_least(1), default.idempotency_window
         ),
+        max_sockets=get("HUB_MAX_SOCKETS", _int_at_least(0), None),
+        max_accept_rate=get("HUB_MAX_ACCEPT_RATE", _int_at_least(0), default.max_accept_rate),
+        max_sockets_per_account=get(
+            "HUB_MAX_SOCKETS_PER_ACCOUNT", _int_at_least(0), default.max_sockets_per_account
+        ),
+        publish_rate=get("HUB_PUBLISH_RATE", _int_at_least(0), default.publish_rate),
     )
 
 

@@ -10,7 +10,9 @@ HubError
     ├── EmailTaken       409: the address is reserved by another account
     ├── UnsupportedMediaType 415: a request body that is not application/json
     ├── IdempotencyConflict  422: an idempotency key reused for another event
+    ├── TooManySockets   429: the account holds its most sockets on this process
     ├── Unavailable      503: Redis was not reached; nothing was done, retry later
+    ├── TooBusy          503: an admission limit; retry after `retry_after` seconds
     └── OutcomeUnknown   504: a command was sent and no answer came; it may have run
 """
 
@@ -31,12 +33,17 @@ class RequestError(HubError):
     status = 400
     code = "bad_request"
     closes_connection = False  # the connection cannot serve another request after this one
+    retry_after: int | None = None  # seconds, for a Retry-After header
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class BadRequest(RequestError):
@@ -75,6 +82,11 @@ class IdempotencyConflict(RequestError):
     code = "idempotency_key_reused"
 
 
+class TooManySockets(RequestError):
+    status = 429
+    code = "too_many_sockets"
+
+
 class Unavailable(RequestError):
     status = 503
     code = "unavailable"
@@ -83,3 +95,8 @@ class Unavailable(RequestError):
 class OutcomeUnknown(RequestError):
     status = 504
     code = "outcome_unknown"
+
+
+class TooBusy(RequestError):
+    status = 503
+    code = "too_busy"

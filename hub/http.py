@@ -68,13 +68,19 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
+def request_error_response(error: RequestError) -> web.Response:
+    response = error_response(error.status, error.code, error.message)
+    if error.closes_connection:
+        response.force_close()
+    if error.retry_after is not None:
+        response.headers[hdrs.RETRY_AFTER] = str(error.retry_after)
+    return response
+
+
 def error_for(error: Exception, path: str) -> web.Response | None:
     """The JSON error response for an exception a handler let out, or None to re-raise."""
     if isinstance(error, RequestError):
-        response = error_response(error.status, error.code, error.message)
-        if error.closes_connection:
-            response.force_close()
-        return response
+        return request_error_response(error)
     if isinstance(error, UNAVAILABLE):
         log.warning("redis_unavailable", path=path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")

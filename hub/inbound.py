@@ -9,6 +9,7 @@ from aiohttp import WSMsgType
 from redis.exceptions import RedisError
 
 from hub import protocol, publishing
+from hub.admission import TokenBucket
 from hub.auth import verify
 from hub.config import Settings
 from hub.errors import IdempotencyConflict, RequestError, Unauthorized
@@ -22,7 +23,7 @@ from hub.websocket import HubWebSocket
 class Inbound:
     """The receive task of one socket."""
 
-    __slots__ = ("_session", "_settings", "_stats", "_store", "_ws")
+    __slots__ = ("_publishes", "_session", "_settings", "_stats", "_store", "_ws")
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class Inbound:
     ) -> None:
         self._session, self._ws, self._store = session, ws, store
         self._settings, self._stats = settings, stats
+        self._publishes: TokenBucket | None = None  # HUB_PUBLISH_RATE, made at the first
 
     async def receive(self) -> None:
         """Until the socket closes: each message answered in the order it came."""
@@ -84,8 +86,27 @@ class Inbound:
         session.refresh(claims)
         await session.reply(protocol.ack(message.ref))
 
+    def _may_publish_now(self) -> bool:
+        rate = self._settings.publish_rate
+        if not rate:
+            return True
+        now = time.monotonic()
+        if self._publishes is None:
+            self._publishes = TokenBucket(rate, 2 * rate, now)
+        return self._publishes.take(now)
+
     async def _publish(self, message: Publish) -> None:
         session = self._session
+        if not self._may_publish_now():
+            self._stats.rate_limited += 1
+            await session.reply(
+                protocol.error(
+                    message.ref,
+                    "rate_limited",
+                    f"more than {self._settings.publish_rate} publishes a second on this socket",
+                )
+            )
+            return
         if not session.claims.may_publish(message.to):
             await session.reply(
                 protocol.error(

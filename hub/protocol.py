@@ -123,6 +123,7 @@ def refusal(status: int, code: str) -> CloseCode:
         400: CloseCode.BAD_REQUEST,
         401: CloseCode.UNAUTHORIZED,
         403: CloseCode.FORBIDDEN,
+        429: CloseCode.TOO_MANY_SOCKETS,
         503: CloseCode.TRY_AGAIN_LATER,
     }
     return by_status.get(status, CloseCode.INTERNAL_ERROR)
@@ -165,5 +166,6 @@ class CloseCode(IntEnum):
     BAD_REQUEST = 4400  # the upgrade was refused as a 400 would: fix the request, do not retry
     UNAUTHORIZED = 4401  # missing or invalid token: get a (new) token
     FORBIDDEN = 4403  # the token may not open this account: do not retry
+    TOO_MANY_SOCKETS = 4429  # the account holds its most sockets on this hub: back off
     SLOW_CONSUMER = 4008  # the client did not read for send_timeout: reconnect with last_id
     LAGGED = 4009  # retention trimmed events this client had not read: reconnect, resync

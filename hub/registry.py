@@ -51,9 +51,10 @@ class Registry:
     account's last wake has seen everything that wake announced, so sessions may share it.
     """
 
-    __slots__ = ("_listeners", "_now", "_woken_at")
+    __slots__ = ("_count", "_listeners", "_now", "_woken_at")
 
     def __init__(self) -> None:
+        self._count = 0
         self._listeners: dict[str, set[Signal]] = {}
         self._woken_at: dict[str, int] = {}
         self._now = 0
@@ -68,14 +69,18 @@ class Registry:
         return self._woken_at.get(account, 0)
 
     def register(self, account: str, signal: Signal) -> None:
-        self._listeners.setdefault(account, set()).add(signal)
+        signals = self._listeners.setdefault(account, set())
+        if signal not in signals:
+            signals.add(signal)
+            self._count += 1
 
     def unregister(self, account: str, signal: Signal) -> None:
         """Remove a signal; unknown pairs are ignored so that cleanup can be unconditional."""
         signals = self._listeners.get(account)
-        if signals is None:
+        if signals is None or signal not in signals:
             return
-        signals.discard(signal)
+        signals.remove(signal)
+        self._count -= 1
         if not signals:
             del self._listeners[account]
             self._woken_at.pop(account, None)
@@ -106,4 +111,4 @@ class Registry:
 
     def __len__(self) -> int:
         """The number of registered signals."""
-        return sum(len(signals) for signals in self._listeners.values())
+        return self._count

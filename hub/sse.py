@@ -19,7 +19,7 @@ from hub.cursor import Requested, parse_epoch, parse_last_id
 from hub.errors import RequestError
 from hub.http import account_param, authenticate, check_origin, error_for
 from hub.state import SETTINGS
-from hub.subscriptions import pin, refused, release, serve
+from hub.subscriptions import admit, admit_account, pin, refused, release, serve
 from hub.wires import EventStreamWire
 
 routes = web.RouteTableDef()
@@ -32,7 +32,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     event. No error middleware wraps this handler: its frame lives as long as the stream."""
     try:
         check_origin(request)
+        admit(request)
         account = account_param(request)
+        admit_account(request, account)
         claims = authenticate(request)
         require(claims.may_open(account), f"reading the events of account {account}")
         requested, epoch = resume_position(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hub.admission import Admission
 from hub.aio import Coalesced
 from hub.config import Settings
 from hub.cursor import StreamState
@@ -20,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ORIGINS = web.AppKey("origins", OriginPolicy)
 REGISTRY = web.AppKey("registry", Registry)
 SESSIONS = web.AppKey[set[Session]]("sessions")
+ADMISSION = web.AppKey("admission", Admission)
 STATS = web.AppKey("stats", Stats)
 REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)

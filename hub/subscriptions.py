@@ -4,6 +4,7 @@ before pinning the start position, log the open and the close, unregister at the
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -14,7 +15,7 @@ from hub.auth import Claims
 from hub.cursor import Requested, Start, resolve_start
 from hub.errors import RequestError, Unavailable
 from hub.session import Session
-from hub.state import READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
+from hub.state import ADMISSION, READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
 from hub.wires import Wire
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,16 @@ async def serve(
         )
     finally:
         release(request, session)
+
+
+def admit(request: web.Request) -> None:
+    """The process's admission limits, before any other work (`TooBusy`)."""
+    request.app[ADMISSION].admit(len(request.app[REGISTRY]), time.monotonic())
+
+
+def admit_account(request: web.Request, account: str) -> None:
+    """The account's limit on this process (`TooManySockets`)."""
+    request.app[ADMISSION].admit_account(account, request.app[REGISTRY].listeners(account))
 
 
 def via(request: web.Request) -> str:

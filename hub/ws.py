@@ -17,13 +17,13 @@ from hub.http import (
     authenticate,
     check_origin,
     error_for,
-    error_response,
     offered_subprotocols,
+    request_error_response,
 )
 from hub.inbound import Inbound
 from hub.session import Session
 from hub.state import SETTINGS, STATS, STORE
-from hub.subscriptions import pin, refused, release, serve
+from hub.subscriptions import admit, admit_account, pin, refused, release, serve
 from hub.websocket import HubWebSocket
 from hub.wires import WebSocketWire
 
@@ -40,7 +40,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         refused(request, error)
         if _browser_refusal(request, error):
             return await _refuse_in_band(request, error)
-        return error_response(error.status, error.code, error.message)
+        return request_error_response(error)
     except Exception as error:
         response = error_for(error, request.path)
         if response is None:
@@ -108,6 +108,7 @@ async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str
     """Check everything, register the session and pin its start, all before the upgrade."""
     settings = request.app[SETTINGS]
     check_origin(request)
+    admit(request)
     offered = offered_subprotocols(request)
     if SUBPROTOCOL not in offered and any(p.startswith(BEARER_SUBPROTOCOL) for p in offered):
         raise BadRequest(
@@ -118,6 +119,7 @@ async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
     account = account_param(request)
+    admit_account(request, account)
     claims = authenticate(request)
     require(claims.may_open(account), f"opening the socket of account {account}")
     requested = parse_last_id(request.query.get("last_id"))
