@@ -50,6 +50,9 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         raise
 
 
+TCP_CLOSE = 7  # Linux's tcp_states.h: the connection is over (reset, or fully closed)
+
+
 class HeldSocket:
     """A second descriptor of a connection's socket, taken when the hub starts to close it.
 
@@ -75,13 +78,25 @@ class HeldSocket:
 
     def unsent(self) -> int:
         """Bytes still on their way to the client: in the transport and in the kernel (sent
-        but not acknowledged, or not sent yet; Linux's TIOCOUTQ)."""
+        but not acknowledged, or not sent yet; Linux's TIOCOUTQ). Nothing once the client reset
+        the connection (a browser leaving a page does): 0, what is left will never be taken."""
+        if self._reset_by_peer():
+            return 0
         buffered = self._transport.get_write_buffer_size()
         try:
             queued = fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
         except OSError:
             return buffered
         return buffered + int(struct.unpack("i", queued)[0])
+
+    def _reset_by_peer(self) -> bool:
+        """Whether the connection is closed for good (Linux TCP state CLOSE): the kernel may
+        still count bytes as queued, but no one will take them."""
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        except OSError:
+            return False
+        return info[0] == TCP_CLOSE
 
     async def drain(self, frames: MaskedFrames, deadline: float) -> None:
         """Read and drop what the client sends, until its close frame (`frames` follows the

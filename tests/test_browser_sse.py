@@ -181,3 +181,32 @@ async def test_other_origins_read_history_only_when_allowed_and_never_publish_wi
         assert (await stored.json())["events"] == []  # nothing was published
     finally:
         await context.close()
+
+
+async def test_a_page_that_goes_away_frees_its_socket_at_once(
+    browser: Any, make_client: Any, settings: Settings
+) -> None:
+    """Chromium leaving a page sends its close frame, then resets the connection: the hub's
+    reply sits in the kernel's queue for good, and counting it as on its way held the session
+    (and its place in the per-account limit) for the whole close deadline."""
+    from hub.state import SESSIONS
+    from hub.websocket import CLOSE_TIMEOUT
+
+    client = await make_client(settings)
+    sessions = client.app[SESSIONS]
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/healthz")))
+    url = str(client.make_url("/ws/1")).replace("http", "ws", 1)
+    await page.evaluate(
+        """([url, token]) => new Promise((opened) => {
+            const ws = new WebSocket(url, ["hub", "bearer." + token]);
+            ws.onmessage = () => opened();
+        })""",
+        [url, token("1")],
+    )
+    assert len(sessions) == 1
+    await page.close()
+    deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT - 2
+    while sessions:
+        assert asyncio.get_running_loop().time() < deadline, "the session outlived the page"
+        await asyncio.sleep(0.05)
