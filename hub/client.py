@@ -214,13 +214,15 @@ class HubClient:
                 return
             if self._welcomed:
                 attempt = 0
+            # A fresh token refused as well is retried with backoff, not in a tight loop.
+            refused_again = fresh_token and not self._welcomed
             fresh_token = code in _NEW_TOKEN
             if code in _FATAL or (fresh_token and self._get_token is None):
                 self._set_state("failed", reason)
                 self._finished.set()
                 self._inbox.put_nowait(HubRefused(code, reason))
                 return
-            if not fresh_token:
+            if not fresh_token or refused_again:
                 delay = random.uniform(0, min(MAX_DELAY, FIRST_DELAY * 2**attempt))
                 attempt += 1
                 self._set_state("waiting", reason)

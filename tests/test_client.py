@@ -178,3 +178,23 @@ async def test_an_event_id_is_never_yielded_twice(aiohttp_server: Any) -> None:
     async with HubClient(str(server.make_url("/ws/h")).replace("http", "ws", 1)) as client:
         await collect(client, 4, got)
     assert got == ["1-0", "2-0", "3-0", "4-0"]
+
+
+async def test_a_fresh_token_refused_too_is_retried_with_backoff(
+    make_client: Any, settings: Settings
+) -> None:
+    """After 4001/4401 the client reconnects at once with a fresh token; when that one is
+    refused too, it backs off like any failure instead of hammering the hub."""
+    hub = await make_client(settings)
+    url = str(hub.make_url("/ws/t")).replace("http", "ws", 1)
+    states: list[str] = []
+
+    async def bad_token() -> str:
+        return "junk"
+
+    async with HubClient(
+        url, get_token=bad_token, on_state=lambda state, _: states.append(state)
+    ) as client:
+        await wait_until(lambda: states.count("connecting") >= 3, what="three attempts")
+        assert client.close_code == 4401
+    assert states[:4] == ["connecting", "connecting", "waiting", "connecting"]
