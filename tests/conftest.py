@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from hub import logs
 from hub.app import create_app
 from hub.config import AuthMode, Settings
 from hub.server import HubRunner
-from tests.support import HUB_LOGS, SECRET, RedisServer, secrets_in_logs
+from tests.support import HUB_LOGS, SECRET, RedisServer, free_port, secrets_in_logs
 
 
 class HubTestServer(TestServer):
@@ -47,6 +48,18 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def hub_env(tmp_path: Path, own_redis: RedisServer) -> dict[str, str]:
+    """The environment of a `hub serve` (tests.support.HubProcess) on this test's own Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "REDIS_URL"))}
+    return env | {
+        "HUB_SECRET": SECRET,
+        "HUB_PORT": str(free_port()),
+        "REDIS_URL": own_redis.url,
+        "HUB_DATA_DIR": str(tmp_path / "data"),
+    }
 
 
 @pytest.fixture

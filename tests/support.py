@@ -291,6 +291,13 @@ class HubProcess:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    async def drain(self) -> None:
+        """SIGTERM: the hub drains (1001 to every socket, a close event to every stream) and
+        exits; waited for in a thread."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.process.wait, 30)
+
     def redis_pid(self) -> int:
         for line in self.log.read_text().splitlines():
             entry = json.loads(line)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -22,10 +21,8 @@ from hub import keys
 from hub.client import token_expiry
 from hub.config import Settings
 from tests.support import (
-    SECRET,
     HubProcess,
     RedisServer,
-    free_port,
     publish_many,
     token,
     wait_until,
@@ -199,27 +196,8 @@ async def test_events_once_in_order_across_resumes_and_a_reset(
         await tab.close()  # ends the scripted socket, so that the server stops at once
 
 
-@pytest.fixture
-def hub_env(tmp_path: Path, own_redis: RedisServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "REDIS_URL"))}
-    env |= {
-        "HUB_SECRET": SECRET,
-        "HUB_PORT": str(free_port()),
-        "REDIS_URL": own_redis.url,
-        "HUB_DATA_DIR": str(tmp_path / "data"),
-    }
-    return env
-
-
 def order(event_id: str) -> tuple[int, ...]:
     return tuple(int(part) for part in event_id.split("-"))
-
-
-async def stop(hub: HubProcess) -> None:
-    """SIGTERM: the hub drains (1001 to every socket) and exits."""
-    if hub.process.poll() is None:
-        hub.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(hub.process.wait, 30)
 
 
 async def test_pages_resume_across_a_hub_restart_with_nothing_lost_or_repeated(
@@ -252,7 +230,7 @@ async def test_pages_resume_across_a_hub_restart_with_nothing_lost_or_repeated(
 
         publisher = asyncio.create_task(publish_steadily())
         await wait_until(lambda: len(published["r1"]) >= 10, what="events before the restart")
-        await stop(hub)
+        await hub.drain()
         await pages["r1"].wait_for_function(
             "() => window.clients.r1.state !== 'open'", timeout=WAIT
         )
@@ -275,7 +253,7 @@ async def test_pages_resume_across_a_hub_restart_with_nothing_lost_or_repeated(
             assert seen["resets"] == []
         assert redis.xlen(keys.account_log("r2")) == len(expected["r2"])  # the page's: once
     finally:
-        await stop(hub)
+        await hub.drain()
 
 
 async def test_a_token_is_refreshed_on_the_live_socket_before_it_expires(

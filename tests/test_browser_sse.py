@@ -8,8 +8,6 @@ servers standing for other sites): a page of another origin cannot reach 127.0.0
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from hub.config import Settings
-from tests.support import SECRET, HubProcess, RedisServer, free_port, publish_many, token
+from tests.support import HubProcess, RedisServer, free_port, publish_many, token
 
 pytestmark = pytest.mark.browser
 
@@ -32,24 +30,6 @@ WATCH = """([url]) => {
     source.onopen = () => { seen.opens += 1; };
     source.onerror = () => { seen.errors += 1; };
 }"""
-
-
-@pytest.fixture
-def hub_env(tmp_path: Path, own_redis: RedisServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "REDIS_URL"))}
-    return env | {
-        "HUB_SECRET": SECRET,
-        "HUB_PORT": str(free_port()),
-        "REDIS_URL": own_redis.url,
-        "HUB_DATA_DIR": str(tmp_path / "data"),
-    }
-
-
-async def stop(hub: HubProcess) -> None:
-    """SIGTERM: the hub drains (a `close` event to every stream) and exits."""
-    if hub.process.poll() is None:
-        hub.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(hub.process.wait, 30)
 
 
 async def seen(page: Any, condition: str, timeout: float = 20.0) -> Any:
@@ -77,7 +57,7 @@ async def test_an_event_source_resumes_by_itself_and_is_told_when_history_is_los
         epoch = state["welcomes"][0]["epoch"]
         assert state["ids"] == [[i, f"{i}/{epoch}"] for i in published]
 
-        await stop(hub)
+        await hub.drain()
         state = await seen(page, "s.closes.length >= 1")
         assert state["closes"] == [{"code": 1001, "reason": published[-1]}]
         published += publish_many(redis, "7", [4, 5])  # while no hub runs
@@ -102,7 +82,7 @@ async def test_an_event_source_resumes_by_itself_and_is_told_when_history_is_los
         assert lost["epoch"] != epoch
         assert [i for i, _ in state["ids"]] == published  # nothing delivered twice meanwhile
     finally:
-        await stop(hub)
+        await hub.drain()
 
 
 async def _site(html: str = "<!doctype html><title>site</title>") -> web.AppRunner:
