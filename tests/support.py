@@ -263,6 +263,7 @@ class HubProcess:
     """`python -m hub serve` on the embedded Redis, with its JSON log lines collected."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env, self.cwd = env, cwd
         self.port = int(env["HUB_PORT"])
         self.log = cwd / f"hub-{time.monotonic_ns()}.log"
         HUB_LOGS.append(self.log)
@@ -290,6 +291,11 @@ class HubProcess:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+
+    async def restart(self) -> HubProcess:
+        """Drain this one, then start the same command again (same port, same Redis)."""
+        await self.drain()
+        return await asyncio.to_thread(HubProcess, self.env, self.cwd)
 
     async def drain(self) -> None:
         """SIGTERM: the hub drains (1001 to every socket, a close event to every stream) and
