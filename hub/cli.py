@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 
 import orjson
 
@@ -18,12 +20,14 @@ from hub.events import encode_payload, parse_json, validate_type
 from hub.ids import validate_account_id, validate_idempotency_key
 
 DEFAULT_TTL = 3600
+INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub", description="Real-time fan-out of events to WebSocket clients on Redis."
     )
+    parser.add_argument("--version", action="version", version=f"hub {version('hub')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the hub")
@@ -46,11 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Exit status: 0 done (a server stopped by SIGTERM included), 2 a usage or configuration
+    error, 130 interrupted (Ctrl-C, SIGINT: a server drains first)."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
         if args.command == "serve":
-            _serve(settings, args.host, args.port)
+            if _serve(settings, args.host, args.port) == signal.SIGINT:
+                sys.exit(INTERRUPTED)
         elif args.command == "token":
             print(_token(settings, args.subject, args.publish, args.ttl))
         else:
@@ -59,9 +66,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except HubError as error:
         print(f"hub: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before `serve` handles SIGINT itself, or in another command
+        sys.exit(INTERRUPTED)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    """Serve until a signal; the signal's number."""
     from hub.app import create_app
     from hub.server import serve
 
@@ -73,7 +83,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         pass
-    asyncio.run(serve(create_app(settings), settings))
+    return asyncio.run(serve(create_app(settings), settings))
 
 
 def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:

@@ -102,12 +102,19 @@ def runner(app: web.Application, settings: Settings, **kwargs: Any) -> HubRunner
     )
 
 
-async def serve(app: web.Application, settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then drain; a failure to start raises HubError."""
+async def serve(app: web.Application, settings: Settings) -> int:
+    """Serve until SIGINT or SIGTERM, then drain; the signal's number. A failure to start
+    raises HubError."""
     stop = asyncio.Event()
+    received: list[int] = []
+
+    def stop_on(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     hub = runner(app, settings)
     try:
         await hub.setup()
@@ -118,6 +125,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise HubError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
         await stop.wait()
-        log.info("hub_stopping")
+        log.info("hub_stopping", signal=signal.Signals(received[0]).name)
     finally:
         await hub.cleanup()
+    return received[0]

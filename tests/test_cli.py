@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,3 +217,31 @@ def test_the_log_scan_finds_tokens_cookies_and_query_strings(tmp_path: Path) -> 
     ]
     log.write_text("\n".join([clean, *leaks]) + "\n")
     assert len(secrets_in_logs([log])) == len(leaks)
+
+
+def test_version_and_an_unknown_run_command(tmp_path: Path, base_env: dict[str, str]) -> None:
+    from importlib.metadata import version
+
+    expected = f"hub {version('hub')}"
+    assert hub_command("--version", env=base_env, cwd=tmp_path).stdout.strip() == expected
+    installed = shutil.which("hub", path=str(Path(sys.executable).parent))
+    assert installed is not None
+    result = subprocess.run([installed, "--version"], capture_output=True, text=True, check=False)
+    assert result.stdout.strip() == expected
+    run = Path(__file__).resolve().parent.parent / "run"
+    bogus = subprocess.run([str(run), "bogus"], capture_output=True, text=True, check=False)
+    assert bogus.returncode == 2
+    assert "unknown command: bogus" in bogus.stderr
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_serve_drains_then_exits_130_on_ctrl_c_and_0_on_sigterm(
+    tmp_path: Path, serve_env: dict[str, str], hubs: list[HubProcess], sig: int, status: int
+) -> None:
+    """The same every time: Ctrl-C is an interruption (130, as a shell reports it), SIGTERM
+    the orderly stop of a supervisor (0); both drain first."""
+    hub = HubProcess(serve_env, tmp_path)
+    hubs.append(hub)
+    hub.process.send_signal(sig)
+    assert hub.process.wait(timeout=30) == status
+    assert '"event":"hub_stopping"' in hub.log.read_text().replace(" ", "")
