@@ -194,7 +194,7 @@ class Run:
         args = self.args
         self.phase(
             f"connecting {args.sockets} sockets over {args.accounts} accounts "
-            f"from {args.procs} processes"
+            f"from {args.procs} process{'' if args.procs == 1 else 'es'}"
         )
         m["started"] = time.time()
         for worker in workers:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hub.config import AuthMode, Settings
-from tests.support import SECRET, RedisServer, free_port, token
+from hub.state import STATS
+from tests.support import SECRET, RedisServer, free_port, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,47 @@ async def test_loadtest_measures_a_hub(
     assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
     assert summary["latency_ms"]["p50"] > 0
     assert "xread" in summary["redis_commands"]
-    assert "<svg" in (tmp_path / "loadtest.html").read_text()
+    page = (tmp_path / "loadtest.html").read_text()
+    assert "<svg" in page
+    assert "e+" not in page  # axis labels are plain numbers
+    assert "from 1 process\n" in output  # not "1 processes"
+    # The clients close as well-behaved ones do: the hub saw 1000s, not 1006s.
+    await wait_until(
+        lambda: client.app[STATS].closed == {"1000": 20}, what="the clean closes to be counted"
+    )
+
+
+async def test_loadtest_opens_event_streams_too(
+    make_client: Any, settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = await make_client(settings, auth=AuthMode.OFF, secret=None)
+    # fmt: off
+    code, output = await run(
+        "scripts/loadtest.py", "--url", str(client.make_url("")).rstrip("/"),
+        "--transport", "sse", "--sockets", "10", "--accounts", "2", "--events", "20",
+        "--rate", "400", "--idle", "0.5", "--ramp", "0", "--procs", "1", "--no-auth",
+        "--redis-url", redis_server.url, "--out", str(tmp_path),
+    )
+    # fmt: on
+    assert code == 0, output
+    summary = json.loads((tmp_path / "loadtest.json").read_text())["summary"]
+    assert summary["delivered"] == summary["expected_deliveries"] == 20 * 5
+    assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
+    assert client.app[STATS].opened["sse"] == 10
+
+
+def test_axis_labels_are_round_numbers_that_cover_the_data() -> None:
+    from loadlib.report import axis_label, nice_ticks
+
+    assert nice_ticks(0, 9_990) == [0, 5_000, 10_000]
+    assert nice_ticks(0.3, 12.7) == [0, 5, 10, 15]  # time from 0, never -0.03
+    assert [axis_label(v) for v in nice_ticks(0, 254_800)] == [
+        "0",
+        "100,000",
+        "200,000",
+        "300,000",
+    ]
+    assert [axis_label(v) for v in (0.001, 0.5, 2.5, 1_990)] == ["0.001", "0.5", "2.5", "1,990"]
 
 
 async def test_benchmark_compares_the_hub_with_the_floor(tmp_path: Path) -> None:

@@ -152,8 +152,8 @@ class Worker:
         reporter = asyncio.create_task(self._report())
         tasks = [asyncio.create_task(self._client(t, gate)) for t in self.tracks]
         await asyncio.get_running_loop().run_in_executor(None, self.stop.wait)
-        for client in self.clients:
-            client.close()
+        # Closed cleanly (1000 and the hub's answer), so that the hub's log shows the code.
+        await asyncio.gather(*(client.shutdown() for client in self.clients))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -37,6 +37,27 @@ def _svg_polyline(points: list[tuple[float, float]], color: str) -> str:
     return f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>'
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` round values (1, 2 or 5 times a power of ten apart) from `low` (rounded
+    down) to the first at or above `high`, for axis labels."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    ticks = [math.floor(low / step) * step]
+    while ticks[-1] < high - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 10))
+    return ticks
+
+
+def axis_label(value: float) -> str:
+    """A tick's text: 250,000 / 1.5 / 0.25, never 2.5e+05."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:g}"
+
+
 def _svg_chart(
     series: dict[str, list[tuple[float, float]]],
     *,
@@ -46,19 +67,31 @@ def _svg_chart(
     log_x: bool = False,
 ) -> str:
     """A small line chart as inline SVG: no plotting library, opens anywhere."""
-    width, height, pad = 640, 320, 48
+    width, height, pad, left = 640, 320, 48, 72
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     xs = [x for points in series.values() for x, _ in points if not log_x or x > 0]
     ys = [y for points in series.values() for _, y in points]
     if not xs or not ys:
         return f"<p>{html.escape(title)}: no data</p>"
+    x_lo, x_hi = min(xs), max(xs)
+    if log_x:
+        x_ticks = [
+            10.0**k for k in range(math.floor(math.log10(x_lo)), 1 + math.ceil(math.log10(x_hi)))
+        ]
+        x_lo, x_hi = x_ticks[0], x_ticks[-1]
+    else:
+        x_lo = max(0.0, x_lo)  # time from the start: a bucket begun just before it is at 0
+        x_ticks = nice_ticks(x_lo, x_hi)
+        x_lo, x_hi = x_ticks[0], x_ticks[-1]
+    y_ticks = nice_ticks(0.0, max(ys) or 1)
+    y_hi = y_ticks[-1]
 
     def fx(x: float) -> float:
-        lo, hi = (math.log10(min(xs)), math.log10(max(xs))) if log_x else (min(xs), max(xs))
-        value = math.log10(max(x, min(xs))) if log_x else x
-        return pad + (value - lo) / ((hi - lo) or 1) * (width - 2 * pad)
-
-    y_hi = max(ys) or 1
+        if log_x:
+            lo, hi, value = math.log10(x_lo), math.log10(x_hi), math.log10(max(x, x_lo))
+        else:
+            lo, hi, value = x_lo, x_hi, max(x, x_lo)
+        return left + (value - lo) / ((hi - lo) or 1) * (width - left - pad)
 
     def fy(y: float) -> float:
         return height - pad - y / y_hi * (height - 2 * pad)
@@ -72,23 +105,18 @@ def _svg_chart(
         f"{html.escape(title)}</text>"
     )
     parts.append(
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        f'<line x1="{left}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
         'stroke="#444"/>'
     )
-    parts.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#444"/>')
-    for i in range(5):
-        frac = i / 4
-        if log_x:
-            lo, hi = math.log10(min(xs)), math.log10(max(xs))
-            xv = 10 ** (lo + frac * (hi - lo))
-        else:
-            xv = min(xs) + frac * (max(xs) - min(xs))
+    parts.append(f'<line x1="{left}" y1="{pad}" x2="{left}" y2="{height - pad}" stroke="#444"/>')
+    for xv in x_ticks:
         parts.append(
-            f'<text x="{fx(xv):.1f}" y="{height - pad + 14}" text-anchor="middle">{xv:.3g}</text>'
+            f'<text x="{fx(xv):.1f}" y="{height - pad + 14}" text-anchor="middle">'
+            f"{axis_label(xv)}</text>"
         )
+    for yv in y_ticks:
         parts.append(
-            f'<text x="{pad - 4}" y="{fy(frac * y_hi) + 4:.1f}" text-anchor="end">'
-            f"{frac * y_hi:.3g}</text>"
+            f'<text x="{left - 4}" y="{fy(yv) + 4:.1f}" text-anchor="end">{axis_label(yv)}</text>'
         )
     parts.append(
         f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>'

@@ -77,6 +77,12 @@ class EventStreamClient(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    async def shutdown(self, wait: float = 5.0) -> None:
+        """Close as a browser leaving a page does: end the connection (an event stream has no
+        close handshake)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionError("connection closed"))
         if not self.closed.done():

@@ -37,6 +37,7 @@ class WebSocketClient(asyncio.Protocol):
         self._buffer = bytearray()
         self._upgraded = False
         self._fragments: list[bytes] = []
+        self._closing = False  # our close frame is sent: the next one is the answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -91,7 +92,8 @@ class WebSocketClient(asyncio.Protocol):
             self.send(OP_PONG, payload)
         elif opcode == OP_CLOSE:
             code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            self.send(OP_CLOSE, payload[:2])
+            if not self._closing:
+                self.send(OP_CLOSE, payload[:2])
             if not self.closed.done():
                 self.closed.set_result(code)
             if self.transport is not None:
@@ -104,6 +106,18 @@ class WebSocketClient(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    async def shutdown(self, wait: float = 5.0) -> None:
+        """Close as a well-behaved client does: a close frame (1000), the hub's answer, then
+        the connection; aborted if the answer does not come in time."""
+        if self.transport is None or self.transport.is_closing() or self.closed.done():
+            return
+        self.send(OP_CLOSE, struct.pack("!H", 1000))
+        self._closing = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), wait)
+        except TimeoutError:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionError("connection closed"))
