@@ -163,8 +163,26 @@ class Redis:
         self.process.wait(timeout=10)
 
 
+BUILDS: dict[str, Path] = {}  # hub@REF → a checkout of that commit (--against)
+
+
+def checkout(ref: str, out: Path) -> Path:
+    """A worktree of the repository at `ref`, for the hub as it was (`--against`)."""
+    directory = out / f"hub@{ref.replace('/', '_')}"
+    if directory.exists():
+        remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(directory)]
+        subprocess.run(remove, check=False)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(directory), ref],
+        check=True,
+        capture_output=True,
+    )
+    return directory
+
+
 def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
     python = sys.executable
+    cwd = ROOT
     if implementation.startswith("hub"):
         env = {
             **os.environ,
@@ -178,6 +196,9 @@ def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[by
         }
         env.pop("HUB_SECRET", None)
         command = [python, "-m", "hub", "serve"]
+        if implementation in BUILDS:  # `python -m hub` finds the package in its directory
+            cwd = BUILDS[implementation]
+            env["PYTHONPATH"] = str(cwd)
     else:
         env = dict(os.environ)
         command = [
@@ -189,7 +210,7 @@ def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[by
             redis_url,
         ]
     process = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -327,6 +348,12 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--workloads", nargs="*", help="names of workloads to run (default: all)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator client processes")
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run the hub as of this git commit (e.g. HEAD~1), as hub@REF: a change's "
+        "cost, measured in the same invocation",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     out: Path = args.out
@@ -335,6 +362,12 @@ def main() -> int:
         f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
+    only = list(args.only)
+    if args.against:
+        name = f"hub@{args.against}"
+        BUILDS[name] = checkout(args.against, out)
+        only.append(name)
+        RATIOS.append(("hub", name))
     redis = Redis(out / "redis")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     notes: dict[str, str] = {}
@@ -348,7 +381,7 @@ def main() -> int:
                 workload = at_half(planned, results.get("burst", {}).get("hub"), scale)
             notes[workload.name] = workload.note
             results[workload.name] = {}
-            for implementation in args.only:
+            for implementation in only:
                 print(
                     f"== {workload.name} ({workload.note}): {implementation}",
                     file=sys.stderr,
@@ -364,6 +397,9 @@ def main() -> int:
                 )
     finally:
         redis.stop()
+        for directory in BUILDS.values():
+            remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(directory)]
+            subprocess.run(remove, check=False)
     table = markdown(results, notes, machine)
     print(table)
     (out / "bench.md").write_text(table + "\n")
