@@ -7,6 +7,7 @@ import contextlib
 import resource
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from aiohttp import hdrs, web
@@ -20,6 +21,7 @@ from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
 from hub.http import cors_headers, json_router_errors
 from hub.http import routes as http_routes
+from hub.metrics import gauges_of
 from hub.metrics import routes as metrics_routes
 from hub.notifier import Notifier
 from hub.origins import OriginPolicy
@@ -27,6 +29,7 @@ from hub.protocol import CloseCode
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
+from hub.sharedstats import WRITE_EVERY, SharedMetrics
 from hub.sse import routes as sse_routes
 from hub.state import (
     ADMISSION,
@@ -37,6 +40,7 @@ from hub.state import (
     REGISTRY,
     SESSIONS,
     SETTINGS,
+    SHARED_METRICS,
     STATS,
     STORE,
     STREAM_STATES,
@@ -49,8 +53,11 @@ log = structlog.get_logger(__name__)
 MAX_OPENS_PER_COMMAND = 256  # accounts whose heads one script call reads (Redis waits on it)
 
 
-def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Application:
-    """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own."""
+def create_app(
+    settings: Settings, *, redis_url: str | None = None, shared_metrics: Path | None = None
+) -> web.Application:
+    """The hub as an aiohttp app. Without a Redis URL (argument or settings) it runs its own.
+    `shared_metrics`: the directory where the workers of one port add up their numbers."""
     settings.check_serving()
     logs.keep_tokens_out_of_aiohttp_logs()
     app = web.Application(
@@ -79,6 +86,9 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> web.Appli
     else:
         app[REDIS_URL] = url
     app.cleanup_ctx.append(_redis_and_notifier)
+    if shared_metrics is not None:
+        app[SHARED_METRICS] = SharedMetrics(shared_metrics)
+        app.cleanup_ctx.append(_share_metrics)
     app.on_shutdown.append(_close_sessions)
     app.add_routes(http_routes)
     app.add_routes(ws_routes)
@@ -151,6 +161,26 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     await stream_states.close()
     await blocking.aclose(close_connection_pool=True)
     await pool.aclose(close_connection_pool=True)
+
+
+async def _share_metrics(app: web.Application) -> AsyncIterator[None]:
+    """Write this worker's numbers for the others every second, and once more at the end."""
+    shared = app[SHARED_METRICS]
+
+    def write() -> None:
+        shared.write(app[STATS], gauges_of(app[SESSIONS]))
+
+    async def every_second() -> None:
+        while True:
+            write()
+            await asyncio.sleep(WRITE_EVERY)
+
+    task = asyncio.create_task(every_second(), name="share-metrics")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    write()
 
 
 def _doubt_every_position(app: web.Application) -> None:

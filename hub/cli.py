@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
+from pathlib import Path
 
 import orjson
+import structlog
 
 from hub import logs
 from hub.auth import mint, parse_publish_list
@@ -33,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the hub")
     serve.add_argument("--host", help="listen address (overrides HUB_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides HUB_PORT)")
+    serve.add_argument(
+        "--workers", help="worker processes on the port, or 'auto': one per core (HUB_WORKERS)"
+    )
 
     token = commands.add_parser("token", help="print a token signed with HUB_SECRET")
     token.add_argument("subject", help="the account ID (or service name) of the bearer")
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings()
         if args.command == "serve":
-            if _serve(settings, args.host, args.port) == signal.SIGINT:
+            if _serve(settings, args.host, args.port, args.workers) == signal.SIGINT:
                 sys.exit(INTERRUPTED)
         elif args.command == "token":
             print(_token(settings, args.subject, args.publish, args.ttl))
@@ -70,12 +76,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(INTERRUPTED)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
-    """Serve until a signal; the signal's number."""
+def _serve(settings: Settings, host: str | None, port: int | None, workers: str | None) -> int:
+    """Serve until a signal; the signal's number. Several workers: this process supervises
+    them (hub/supervisor.py), and each is this command again, told which one it is."""
     from hub.app import create_app
     from hub.server import serve
+    from hub.supervisor import METRICS_ENV, WORKER_ENV, Supervisor
 
-    settings = settings.with_overrides(host=host, port=port)
+    settings = settings.with_overrides(host=host, port=port, workers=workers)
     logs.configure(settings.log_level)
     try:
         import uvloop
@@ -83,7 +91,14 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         pass
-    return asyncio.run(serve(create_app(settings), settings))
+    worker = os.environ.get(WORKER_ENV)
+    if worker is None and settings.workers > 1:
+        return asyncio.run(Supervisor(settings).run())
+    if worker is None:
+        return asyncio.run(serve(create_app(settings), settings))
+    structlog.contextvars.bind_contextvars(worker=int(worker))  # on every line it logs
+    app = create_app(settings, shared_metrics=Path(os.environ[METRICS_ENV]))
+    return asyncio.run(serve(app, settings, reuse_port=True))
 
 
 def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:

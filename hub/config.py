@@ -20,6 +20,7 @@ from hub.ids import parse_decimal
 from hub.origins import normalize
 
 MIN_SECRET_LENGTH = 32
+MAX_WORKERS = 256
 T = TypeVar("T")
 
 
@@ -48,6 +49,7 @@ class Settings:
     max_accept_rate: int = 2_000  # new subscriptions per second
     max_sockets_per_account: int = 100
     publish_rate: int = 100  # socket publishes per second, burst of twice that
+    workers: int = 1  # processes serving the port (hub/supervisor.py); `auto`: one per core
 
     block_ms: int = 5_000  # the notifier's XREAD BLOCK; readiness allows this + 5 s
     index_retention: int = 100_000  # approximate length of hub:index
@@ -68,12 +70,15 @@ class Settings:
         """Entries per session read: never more than a stream retains (`StreamHead.lost_after`)."""
         return min(self.read_batch, self.retention) if self.retention else self.read_batch
 
-    def with_overrides(self, *, host: str | None = None, port: int | None = None) -> Settings:
-        """Apply `hub serve --host/--port`, then re-check what depends on the host."""
+    def with_overrides(
+        self, *, host: str | None = None, port: int | None = None, workers: str | None = None
+    ) -> Settings:
+        """Apply `hub serve --host/--port/--workers`, then re-check what depends on them."""
         updated = replace(
             self,
             host=self.host if host is None else host,
             port=self.port if port is None else _port("--port", str(port)),
+            workers=self.workers if workers is None else workers_count("--workers", workers),
         )
         updated.check_serving()
         return updated
@@ -140,7 +145,18 @@ def load_settings(
             "HUB_MAX_SOCKETS_PER_ACCOUNT", _int_at_least(0), default.max_sockets_per_account
         ),
         publish_rate=get("HUB_PUBLISH_RATE", _int_at_least(0), default.publish_rate),
+        workers=get("HUB_WORKERS", workers_count, default.workers),
     )
+
+
+def workers_count(name: str, value: str) -> int:
+    """A number of worker processes, or `auto`: one per core this process may run on."""
+    if value.strip() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    count = _int_at_least(1)(name, value)
+    if count > MAX_WORKERS:
+        raise ConfigError(f"{name} must be at most {MAX_WORKERS}, got {value!r}")
+    return count
 
 
 def is_loopback(host: str) -> bool:

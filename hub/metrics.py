@@ -1,11 +1,16 @@
 """`GET /metrics`: the process's counts (hub/stats.py) and gauges read from its state, in the
 Prometheus text format through `prometheus-client`, built when scraped (nothing on the hot path).
 
+With several workers (hub/supervisor.py) any worker answers for all of them: each writes its
+numbers to a shared directory every second (`SharedMetrics`), and a scrape adds them up, the
+counts of workers that died included (totals never go back), the gauges of live ones only.
+
 Keep it private: the shipped nginx config does not route it (deploy/nginx.conf).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -19,28 +24,31 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from hub.session import Session
-from hub.state import SESSIONS, STATS
-from hub.stats import Histogram, Stats
+from hub.state import SESSIONS, SHARED_METRICS, STATS
+from hub.stats import Gauges, Histogram, Stats
 
 routes = web.RouteTableDef()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class HubCollector(Collector):
-    """The metrics of one hub process, from its `Stats` and its open sessions."""
+def gauges_of(sessions: set[Session]) -> Gauges:
+    gauges = Gauges(Counter({"ws": 0, "sse": 0}))
+    for session in sessions:
+        gauges.open[session.via] += 1
+        gauges.queued_replies += session.queued_replies
+    return gauges
 
-    def __init__(self, stats: Stats, sessions: set[Session]) -> None:
-        self._stats, self._sessions = stats, sessions
+
+class HubCollector(Collector):
+    """The metrics of the hub, from its counts and gauges."""
+
+    def __init__(self, stats: Stats, gauges: Gauges) -> None:
+        self._stats, self._gauges = stats, gauges
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
-        open_by_via: dict[str, int] = {"ws": 0, "sse": 0}
-        queued = 0
-        for session in self._sessions:
-            open_by_via[session.via] = open_by_via.get(session.via, 0) + 1
-            queued += session.queued_replies
         yield _labelled(
-            GaugeMetricFamily, "hub_sockets_open", "Open subscriptions", "via", open_by_via
+            GaugeMetricFamily, "hub_sockets_open", "Open subscriptions", "via", self._gauges.open
         )
         yield _labelled(
             CounterMetricFamily,
@@ -94,7 +102,9 @@ class HubCollector(Collector):
             stats.redis_errors,
         )
         yield GaugeMetricFamily(
-            "hub_replies_queued", "Socket replies waiting to be written", value=queued
+            "hub_replies_queued",
+            "Socket replies waiting to be written",
+            value=self._gauges.queued_replies,
         )
         yield _histogram(
             "hub_publish_duration_seconds", "Time to store a publish", stats.publish_seconds
@@ -131,14 +141,18 @@ def _histogram(name: str, documentation: str, histogram: Histogram) -> Metric:
     )
 
 
-def exposition(stats: Stats, sessions: set[Session]) -> bytes:
+def exposition(stats: Stats, gauges: Gauges) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(stats, sessions))
+    registry.register(HubCollector(stats, gauges))
     return generate_latest(registry)
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics (keep the route private: deploy/nginx.conf does not pass it)."""
-    body = exposition(request.app[STATS], request.app[SESSIONS])
+    stats, gauges = request.app[STATS], gauges_of(request.app[SESSIONS])
+    shared = request.app.get(SHARED_METRICS)
+    if shared is not None:
+        stats, gauges = shared.totals(stats, gauges)
+    body = exposition(stats, gauges)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -102,9 +102,9 @@ def runner(app: web.Application, settings: Settings, **kwargs: Any) -> HubRunner
     )
 
 
-async def serve(app: web.Application, settings: Settings) -> int:
+async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> int:
     """Serve until SIGINT or SIGTERM, then drain; the signal's number. A failure to start
-    raises HubError."""
+    raises HubError. `reuse_port`: one of several workers on the port (hub/supervisor.py)."""
     stop = asyncio.Event()
     received: list[int] = []
 
@@ -118,7 +118,9 @@ async def serve(app: web.Application, settings: Settings) -> int:
     hub = runner(app, settings)
     try:
         await hub.setup()
-        site = web.TCPSite(hub, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(
+            hub, settings.host, settings.port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
+        )
         try:
             await site.start()
         except OSError as error:

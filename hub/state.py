@@ -14,6 +14,7 @@ from hub.origins import OriginPolicy
 from hub.reads import Reader
 from hub.registry import Registry
 from hub.session import Session
+from hub.sharedstats import SharedMetrics
 from hub.stats import Stats
 from hub.store import Store
 
@@ -23,6 +24,8 @@ REGISTRY = web.AppKey("registry", Registry)
 SESSIONS = web.AppKey[set[Session]]("sessions")
 ADMISSION = web.AppKey("admission", Admission)
 STATS = web.AppKey("stats", Stats)
+SHARED_METRICS = web.AppKey("shared_metrics", SharedMetrics)
+"""Set in a worker of several: where they all write their numbers (hub/sharedstats.py)."""
 REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
 NOTIFIER = web.AppKey("notifier", Notifier)

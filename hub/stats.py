@@ -9,6 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 # Seconds. Delivery lag spans a live socket (ms) to a client catching up on a backlog (min).
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -65,3 +66,48 @@ class Stats:
         stream ID's time): each counts with that lag, an upper bound for the others."""
         self.delivered += events
         self.delivery_lag.observe(max(0, now_ms - oldest_ms) / 1000, events)
+
+
+@dataclass(slots=True)
+class Gauges:
+    """What one process holds right now (not counted up: summed over live processes only)."""
+
+    open: Counter[str] = field(default_factory=Counter)  # subscriptions, by `via`
+    queued_replies: int = 0
+
+    def add(self, other: Gauges) -> None:
+        self.open.update(other.open)
+        self.queued_replies += other.queued_replies
+
+
+_COUNTERS = ("opened", "closed", "refused", "published", "redis_errors")
+_TOTALS = ("rate_limited", "delivered", "stream_reads", "notifier_reads", "notifier_recoveries")
+_HISTOGRAMS = ("publish_seconds", "delivery_lag", "notifier_batch")
+
+
+def snapshot(stats: Stats, gauges: Gauges) -> dict[str, object]:
+    """A process's numbers as JSON-ready data, for the others to add up (hub/metrics.py)."""
+    data: dict[str, object] = {name: dict(getattr(stats, name)) for name in _COUNTERS}
+    data |= {name: getattr(stats, name) for name in _TOTALS}
+    for name in _HISTOGRAMS:
+        histogram: Histogram = getattr(stats, name)
+        data[name] = {"counts": histogram.counts, "sum": histogram.sum, "count": histogram.count}
+    data["gauges"] = {"open": dict(gauges.open), "queued_replies": gauges.queued_replies}
+    return data
+
+
+def add_snapshot(stats: Stats, gauges: Gauges | None, data: dict[str, Any]) -> None:
+    """Add another process's `snapshot` to these numbers; its gauges only when given (the
+    process is alive: a dead one's counts still count, what it held does not)."""
+    for name in _COUNTERS:
+        getattr(stats, name).update(data[name])
+    for name in _TOTALS:
+        setattr(stats, name, getattr(stats, name) + data[name])
+    for name in _HISTOGRAMS:
+        histogram: Histogram = getattr(stats, name)
+        for index, count in enumerate(data[name]["counts"]):
+            histogram.counts[index] += count
+        histogram.sum += data[name]["sum"]
+        histogram.count += data[name]["count"]
+    if gauges is not None:
+        gauges.add(Gauges(Counter(data["gauges"]["open"]), data["gauges"]["queued_replies"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,3 +90,27 @@ async def test_redis_failures_and_the_notifier_s_recovery_are_counted(
     assert metrics[("hub_redis_errors_total", (("where", "publish"),))] == 1
     assert metrics[("hub_redis_errors_total", (("where", "notifier"),))] >= 1
     assert metrics[("hub_events_published_total", (("via", "http"),))] == 1
+
+
+def test_workers_numbers_add_up_and_a_dead_one_s_gauges_do_not() -> None:
+    from collections import Counter
+
+    import orjson
+
+    from hub.stats import Gauges, Stats, add_snapshot, snapshot
+
+    worker = Stats()
+    worker.published["http"] += 3
+    worker.deliver(5, oldest_ms=1_000, now_ms=1_002)
+    worker.redis_errors["read"] += 1
+    held = Gauges(Counter({"ws": 4}), queued_replies=2)
+    data = orjson.loads(orjson.dumps(snapshot(worker, held)))  # as written to its file
+
+    total, gauges = Stats(), Gauges()
+    add_snapshot(total, gauges, data)  # alive
+    add_snapshot(total, None, data)  # the same numbers from a worker that died
+    assert total.published == Counter({"http": 6})
+    assert (total.delivered, total.delivery_lag.count) == (10, 10)
+    assert total.delivery_lag.sum == pytest.approx(0.02)
+    assert total.redis_errors == Counter({"read": 2})
+    assert (gauges.open, gauges.queued_replies) == (Counter({"ws": 4}), 2)

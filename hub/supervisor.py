@@ -1,0 +1,139 @@
+"""`hub serve --workers N`: one supervisor, N worker processes serving one port.
+
+Each worker is a whole hub (`hub serve`, with its own notifier) listening on the same port with
+SO_REUSEPORT: the kernel spreads new connections over them. Processes share nothing but Redis,
+as separate hubs behind a proxy do, so the guarantees are the same. The supervisor serves
+nothing itself: it owns the embedded Redis (without REDIS_URL), the directory where the
+workers add up their metrics, restarts a worker that dies (its clients reconnect to the others
+and resume from their last ID: nothing is lost), and on SIGTERM or SIGINT drains them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hub.config import Settings
+from hub.embedded import EmbeddedRedis, die_with_parent
+from hub.errors import HubError
+
+log = structlog.get_logger(__name__)
+
+WORKER_ENV = "HUB_WORKER"  # set for a worker: its index (0, 1, ...)
+METRICS_ENV = "HUB_METRICS_DIR"  # set for a worker: where the workers add up their metrics
+STOP_TIMEOUT = 30.0  # a worker's drain takes ~10 s; past this it is killed
+STARTUP = 5.0  # a worker failing this soon after its first start is a start failure
+STEADY = 30.0  # a worker that ran this long restarts quickly again if it dies
+
+
+class Supervisor:
+    """Start, watch, restart and stop the workers of one port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = asyncio.Event()  # set once the workers are being stopped
+        self._env: dict[str, str] = {}
+
+    async def run(self) -> int:
+        """Serve until SIGINT or SIGTERM; the signal's number. A start failure raises."""
+        settings = self._settings
+        stop = asyncio.Event()
+        received: list[int] = []
+
+        def stop_on(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop_on, signum)
+        metrics = Path(tempfile.mkdtemp(prefix="hub-metrics-"))
+        redis = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            if redis is not None:
+                await redis.start()
+                tasks.append(asyncio.create_task(redis.supervise(), name="embedded-redis"))
+            self._env = {
+                **os.environ,
+                "REDIS_URL": redis.url if redis is not None else str(settings.redis_url),
+                "HUB_HOST": settings.host,
+                "HUB_PORT": str(settings.port),
+                "HUB_WORKERS": "1",
+                METRICS_ENV: str(metrics),
+            }
+            watchers = [
+                asyncio.create_task(self._keep(index), name=f"worker-{index}")
+                for index in range(settings.workers)
+            ]
+            tasks += watchers
+            log.info("supervisor_started", workers=settings.workers, port=settings.port)
+            stopped = asyncio.create_task(stop.wait())
+            tasks.append(stopped)
+            done, _ = await asyncio.wait({stopped, *watchers}, return_when="FIRST_COMPLETED")
+            for task in done - {stopped}:
+                task.result()  # a worker that could not start: HubError
+            log.info("supervisor_stopping", signal=signal.Signals(received[0]).name)
+            return received[0]
+        finally:
+            await self._stop_all()  # every worker drains
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if redis is not None:
+                await redis.stop()
+            shutil.rmtree(metrics, ignore_errors=True)
+
+    async def _keep(self, index: int) -> None:
+        """Run worker `index`, again whenever it dies; raise if its first start fails."""
+        delay, first = 0.5, True
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "hub",
+                "serve",
+                env={**self._env, WORKER_ENV: str(index)},
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            self._processes[index] = process
+            log.info("worker_started", worker=index, pid=process.pid)
+            code = await process.wait()
+            if self._stopping.is_set():
+                return
+            ran = time.monotonic() - started
+            if first and ran < STARTUP and code == 2:
+                # It said why on stderr (one line): a busy port, a bad setting.
+                raise HubError(f"worker {index} could not start (exit status {code})")
+            first = False
+            delay = 0.5 if ran > STEADY else min(delay * 2, 10.0)
+            log.error("worker_exited", worker=index, pid=process.pid, code=code, restart_in=delay)
+            await asyncio.sleep(delay)
+
+    async def _stop_all(self) -> None:
+        """SIGTERM every worker (each drains), then wait; kill those that linger."""
+        self._stopping.set()
+        running = [p for p in self._processes.values() if p.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in running:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
