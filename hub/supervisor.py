@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -34,6 +35,18 @@ METRICS_ENV = "HUB_METRICS_DIR"  # set for a worker: where the workers add up th
 STOP_TIMEOUT = 30.0  # a worker's drain takes ~10 s; past this it is killed
 STARTUP = 5.0  # a worker failing this soon after its first start is a start failure
 STEADY = 30.0  # a worker that ran this long restarts quickly again if it dies
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail now, in one line, when the port cannot be served: each worker would fail alike."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise HubError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 class Supervisor:
@@ -58,6 +71,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop_on, signum)
+        _check_port(settings.host, settings.port)
         metrics = Path(tempfile.mkdtemp(prefix="hub-metrics-"))
         redis = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
         tasks: list[asyncio.Task[Any]] = []
