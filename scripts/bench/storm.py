@@ -123,13 +123,14 @@ class Record:
     client: Any = None
     wire_last: tuple[int, int] = (0, 0)
     wire_resent: int = 0  # event frames the hub sent again (the client's dedup drops them)
+    latency: list[tuple[float, float]] = field(default_factory=list)  # (published, latency)
 
 
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        mine = range(args.worker, args.clients, args.procs)
-        self.records = [Record(account_of(i, args.accounts)) for i in mine]
+        self.records = [Record(account_of(i, args.accounts)) for i in worker_share(args)]
+        self.loop_lag: dict[int, float] = {}  # the most the loop was late, per 0.5 s
         self.clients: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.open_now = 0
@@ -146,6 +147,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         progress = asyncio.create_task(self.progress())
+        lag = asyncio.create_task(self.watch_loop()) if self.args.latency else None
         self.emit({"hello": len(self.records), "rss_mb": rss_mb(), "nofile": raise_nofile()})
         per_step = max(1, len(self.records) // 50)
         step = self.args.ramp / 50
@@ -171,6 +173,8 @@ class Worker:
                     break
         finally:
             progress.cancel()
+            if lag is not None:
+                lag.cancel()
             await self.close_all()
 
     def on_state(self, record: Record) -> Any:
@@ -225,6 +229,9 @@ class Worker:
                         continue
                     seq = int(payload["s"])
                     record.seqs.append(seq)
+                    if self.args.latency:
+                        sent = float(payload["t"])
+                        record.latency.append((sent, time.time() - sent))
                     record.max_seq = max(record.max_seq, seq)
         except HubRefused as error:
             record.refused = f"HubRefused {error.code} {error.reason}"
@@ -240,6 +247,15 @@ class Worker:
                 last = self.open_now
                 self.emit({"open": last, "t": time.time()})
             await asyncio.sleep(0.05)
+
+    async def watch_loop(self) -> None:
+        """How late this process's event loop runs (a client-side share of any latency)."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            late = time.monotonic() - before - 0.01
+            bucket = int(time.time() * 2)
+            self.loop_lag[bucket] = max(self.loop_lag.get(bucket, 0.0), late)
 
     async def catch_up(self, expect: dict[str, int], until: float) -> None:
         """Until every client got the last event published to its account, or `until`."""
@@ -272,7 +288,13 @@ class Worker:
                     "state": record.states[-1][1] if record.states else "",
                 }
             )
-        return {"clients": clients, "rss_mb": rss_mb(), "cpu_s": cpu_s(os.getpid())}
+            if self.args.latency:
+                clients[-1]["latency"] = [(round(t, 4), round(d, 5)) for t, d in record.latency]
+        report = {"clients": clients, "rss_mb": rss_mb(), "cpu_s": cpu_s(os.getpid())}
+        if self.args.latency:
+            report["worker"] = self.args.worker
+            report["loop_lag"] = sorted((b / 2, round(v, 4)) for b, v in self.loop_lag.items())
+        return report
 
     async def close_all(self) -> None:
         async def close(client: Any) -> None:
@@ -284,6 +306,14 @@ class Worker:
                 await asyncio.gather(*(close(c) for c in self.clients))
         for task in self.tasks:
             task.cancel()
+
+
+def worker_share(args: argparse.Namespace) -> range:
+    """The clients of one worker: round robin over `procs` workers, but the last `probes`
+    clients in a worker of their own (index `procs`), lightly loaded, to time delivery."""
+    if args.worker == args.procs:
+        return range(args.clients - args.probes, args.clients)
+    return range(args.worker, args.clients - args.probes, args.procs)
 
 
 def worker_entry(args: argparse.Namespace) -> int:
@@ -530,9 +560,13 @@ class Storm:
         except OSError:
             return 0
 
-    async def start_workers(self) -> None:
+    def worker_options(self) -> list[str]:
+        """Extra options of every worker (the proxy mode's: latency, probes)."""
+        return []
+
+    async def start_workers(self, workers: int | None = None) -> None:
         script = str(SCRIPT)
-        for i in range(self.args.procs):
+        for i in range(self.args.procs if workers is None else workers):
             with (self.logs / f"worker-{i}.log").open("wb") as errors:
                 process = await self.children.spawn(
                     sys.executable,
@@ -550,6 +584,7 @@ class Storm:
                     str(self.port),
                     "--ramp",
                     str(self.args.ramp),
+                    *self.worker_options(),
                     cwd=str(ROOT),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -967,22 +1002,61 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             raise
 
 
+# (one hub, --proxy) defaults: the proxy mode's are sized for two hubs behind nginx
+DEFAULTS = {
+    "clients": (2000, 5000),
+    "accounts": (200, 500),
+    "procs": (2, 4),
+    "rate": (100.0, 200.0),
+    "deadline": (180.0, 480.0),
+    "out": (str(ROOT / "results" / "storm.json"), str(ROOT / "results" / "storm-proxy.json")),
+    "before": (3.0, 5.0),
+    "ramp": (2.0, 10.0),
+}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--procs", type=int, default=2, help="client worker processes")
+    parser.add_argument("--clients", type=int, help="2,000 (--proxy: 5,000)")
+    parser.add_argument("--accounts", type=int, help="200 (--proxy: 500)")
+    parser.add_argument("--procs", type=int, help="client worker processes: 2 (--proxy: 4)")
     parser.add_argument("--downtime", type=float, default=1.0, help="seconds the hub stays down")
-    parser.add_argument("--rate", type=float, default=100.0, help="events published per second")
-    parser.add_argument("--deadline", type=float, default=180.0, help="total seconds, at most")
-    parser.add_argument("--out", default=str(ROOT / "results" / "storm.json"))
-    parser.add_argument("--before", type=float, default=3.0, help="publishing before the restart")
+    parser.add_argument("--rate", type=float, help="events published per second: 100 (200)")
+    parser.add_argument("--deadline", type=float, help="total seconds, at most: 180 (480)")
+    parser.add_argument("--out", help="results/storm.json (results/storm-proxy.json)")
+    parser.add_argument("--before", type=float, help="publishing before the restart: 3 s (5)")
     parser.add_argument("--after", type=float, default=3.0, help="publishing once all are back")
-    parser.add_argument("--ramp", type=float, default=2.0, help="seconds to open the clients")
+    parser.add_argument("--ramp", type=float, help="seconds to open the clients: 2 (10)")
     parser.add_argument("--catchup", type=float, default=20.0, help="final wait for delivery")
+    proxy = parser.add_argument_group("--proxy: two hubs behind deploy/nginx.conf, one restarted")
+    proxy.add_argument("--proxy", action="store_true", help="run that scenario (storm_proxy.py)")
+    proxy.add_argument(
+        "--limits",
+        default="0,500",
+        help="HUB_MAX_ACCEPT_RATE of both hubs, one run each, comma-separated (0: no limit)",
+    )
+    proxy.add_argument(
+        "--probes",
+        type=int,
+        default=100,
+        help="of the clients, this many in a worker process of their own, to time delivery",
+    )
     args = parser.parse_args(argv)
+    for name, defaults in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[1] if args.proxy else defaults[0])
+    if not args.proxy:
+        args.probes = 0
     if args.clients < 1 or args.accounts < 1 or args.procs < 1 or args.rate < 0:
         parser.error("--clients, --accounts and --procs must be positive, --rate not negative")
+    if not 0 <= args.probes < args.clients:
+        parser.error("--probes must be at least 0 and fewer than --clients")
+    try:
+        args.limits = [int(limit) for limit in args.limits.split(",")]
+    except ValueError:
+        parser.error("--limits: comma-separated integers")
+    if any(limit < 0 for limit in args.limits):
+        parser.error("--limits: not negative")
     return args
 
 
@@ -992,8 +1066,14 @@ def main() -> int:
         for name in ("--worker", "--procs", "--clients", "--accounts", "--port"):
             parser.add_argument(name, type=int, required=True)
         parser.add_argument("--ramp", type=float, default=0.0)
+        parser.add_argument("--probes", type=int, default=0)
+        parser.add_argument("--latency", action="store_true")
         return worker_entry(parser.parse_args(sys.argv[2:]))
     args = parse(sys.argv[1:])
+    if args.proxy:
+        from storm_proxy import run_proxy
+
+        return run_proxy(args)
     nofile = raise_nofile()
     if nofile < args.clients // args.procs + 100:
         log(f"warning: RLIMIT_NOFILE is {nofile}, below what {args.clients} clients need")
