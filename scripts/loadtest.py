@@ -30,6 +30,7 @@ from loadlib.probes import (
     ProcessSample,
     RedisProbe,
     command_delta,
+    hub_root,
     pid_listening_on,
     sample_process,
 )
@@ -112,7 +113,8 @@ class Run:
         self.http_base = f"{parts.scheme}://{parts.netloc}"
         self.ws_base = self.http_base.replace("http", "ws", 1)
         self.accounts = [f"{args.prefix}{n}" for n in range(args.accounts)]
-        self.hub_pid = args.hub_pid or pid_listening_on(parts.port or 80)
+        listening = pid_listening_on(parts.port or 80)
+        self.hub_pid = args.hub_pid or (hub_root(listening) if listening else None)
         self.redis = RedisProbe(args.redis_url) if args.redis_url else None
         self.tokens: dict[str, str] = {}
         self.admin: str | None = None

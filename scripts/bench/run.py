@@ -35,15 +35,17 @@ sys.path.insert(0, str(HERE.parent))
 import loadtest  # noqa: E402
 from loadlib import report  # noqa: E402
 
-IMPLEMENTATIONS = ("hub", "hub-batch", "hub-sse", "polling", "blocking", "floor")
+IMPLEMENTATIONS = ("hub", "hub-batch", "hub-sse", "hub-w2", "polling", "blocking", "floor")
 # hub-batch: the hub, its clients asking for several events per frame (?batch=1)
 # hub-sse: the hub, its clients event streams (/sse) as EventSource opens them
+# hub-w2: the hub with two workers on the port (hub serve --workers 2)
 RATIOS = [
     ("hub", "polling"),
     ("hub", "blocking"),
     ("hub", "floor"),
     ("hub-batch", "floor"),
     ("hub-sse", "hub"),
+    ("hub-w2", "hub"),
 ]
 
 
@@ -193,6 +195,7 @@ def start(implementation: str, port: int, redis_url: str) -> subprocess.Popen[by
             # The workloads put 1,000 sockets on one account and connect as fast as they can.
             "HUB_MAX_SOCKETS_PER_ACCOUNT": "0",
             "HUB_MAX_ACCEPT_RATE": "0",
+            "HUB_WORKERS": "2" if implementation == "hub-w2" else "1",
         }
         env.pop("HUB_SECRET", None)
         command = [python, "-m", "hub", "serve"]
@@ -345,7 +348,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="half the sockets and events")
     parser.add_argument("--scale", type=float, help="sockets and events relative to the default")
-    parser.add_argument("--only", nargs="*", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=IMPLEMENTATIONS,
+        default=[i for i in IMPLEMENTATIONS if i != "hub-w2"],
+        help="implementations to run (default: all but hub-w2)",
+    )
     parser.add_argument("--workloads", nargs="*", help="names of workloads to run (default: all)")
     parser.add_argument("--procs", type=int, default=1, help="load-generator client processes")
     parser.add_argument(

@@ -18,13 +18,64 @@ class ProcessSample:
 
 
 def sample_process(pid: int) -> ProcessSample:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
+    """The hub's CPU and memory: the process and its descendants (the workers of `hub serve
+    --workers N`), but not an embedded redis-server, which is measured on its own."""
+    cpu, rss = 0.0, 0
+    for member in [pid, *_descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+            status = Path(f"/proc/{member}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+        if member != pid and name.startswith("redis-server"):
+            continue
+        fields_list = fields.split()
+        cpu += (int(fields_list[11]) + int(fields_list[12])) / CLOCK_TICKS  # utime, stime
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
     return ProcessSample(cpu, rss)
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent PID."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    return parents
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def hub_root(pid: int) -> int:
+    """The `hub serve` a listening worker belongs to: its supervisor, if it has one."""
+    parents = _parents()
+    parent = parents.get(pid)
+    while parent is not None and b"serve" in _cmdline(parent) and b"hub" in _cmdline(parent):
+        pid, parent = parent, parents.get(parent)
+    return pid
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 def pid_listening_on(port: int) -> int | None:
