@@ -3,6 +3,8 @@
 
     .venv/bin/python scripts/bench/storm.py                  # 2,000 clients, 200 accounts
     .venv/bin/python scripts/bench/storm.py --clients 200    # a quick one
+    .venv/bin/python scripts/bench/storm.py --proxy          # two hubs behind nginx, one
+                                                             # restarted (storm_proxy.py)
 
 Loopback only. Starts its own `redis-server` on a free port and the hub (`python -m hub serve`,
 HUB_AUTH=off) on another; opens N `hub.client.HubClient`s (the project's own client: full-jitter
@@ -18,6 +20,11 @@ lost, duplicated and reordered once all of them have caught up (all must be 0). 
 writes `--out` (results/storm.json) and the hub's and workers' logs next to it (storm-logs/).
 Bounded by `--deadline`; every child process is killed at the end, on error or Ctrl-C too.
 Exit status 0 only when every client came back and nothing was lost, duplicated or reordered.
+
+`--proxy` runs the other scenario, described in storm_proxy.py: 5,000 clients through the
+shipped nginx config in front of two hubs, one of them restarted, once per `--limits` value
+of HUB_MAX_ACCEPT_RATE (default: none, then 500), with the surviving hub's delivery latency
+measured through the storm; it writes results/storm-proxy.json.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ RETENTION, INDEX_RETENTION = 10_000, 100_000  # the hub's defaults (HUB_RETENTIO
 RESERVE = 12.0  # seconds of the deadline kept for the final catch-up and the reports
 # (a quarter of the deadline when that is less)
 EVENT_TYPE = "Storm"
+PROBE_PREFIX = "p"  # the probes' accounts (the others' are a0, a1, …)
 
 
 # --- common ---------------------------------------------------------------------------------
@@ -111,6 +119,7 @@ def log(message: str) -> None:
 @dataclass
 class Record:
     account: str
+    direct: bool = False  # a probe connected to a hub's own port, not through the proxy
     states: list[tuple[float, str, int | None, str]] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     max_seq: int = 0
@@ -123,13 +132,14 @@ class Record:
     client: Any = None
     wire_last: tuple[int, int] = (0, 0)
     wire_resent: int = 0  # event frames the hub sent again (the client's dedup drops them)
-    latency: list[tuple[float, float]] = field(default_factory=list)  # (published, latency)
+    # (publish time, publish → receive, publish → stored: the event ID's time, Redis's clock)
+    latency: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.records = [Record(account_of(i, args.accounts)) for i in worker_share(args)]
+        self.records = [Record(account, direct) for account, direct in worker_accounts(args)]
         self.loop_lag: dict[int, float] = {}  # the most the loop was late, per 0.5 s
         self.clients: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -142,7 +152,10 @@ class Worker:
     async def main(self) -> None:
         from hub.client import HubClient
 
-        url = f"ws://127.0.0.1:{self.args.port}/ws/"
+        urls = {
+            direct: f"ws://127.0.0.1:{self.args.direct_port if direct else self.args.port}/ws/"
+            for direct in (False, True)
+        }
         reader = asyncio.StreamReader(limit=1 << 26)
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -153,7 +166,7 @@ class Worker:
         step = self.args.ramp / 50
         for i, record in enumerate(self.records):
             client = HubClient(
-                url + record.account,
+                urls[record.direct] + record.account,
                 on_state=self.on_state(record),
                 on_reset=self.on_reset(record),
                 on_frame=self.on_frame(record),
@@ -231,7 +244,8 @@ class Worker:
                     record.seqs.append(seq)
                     if self.args.latency:
                         sent = float(payload["t"])
-                        record.latency.append((sent, time.time() - sent))
+                        stored = position[0] / 1000 - sent
+                        record.latency.append((sent, time.time() - sent, stored))
                     record.max_seq = max(record.max_seq, seq)
         except HubRefused as error:
             record.refused = f"HubRefused {error.code} {error.reason}"
@@ -289,7 +303,10 @@ class Worker:
                 }
             )
             if self.args.latency:
-                clients[-1]["latency"] = [(round(t, 4), round(d, 5)) for t, d in record.latency]
+                clients[-1]["direct"] = record.direct
+                clients[-1]["latency"] = [
+                    (round(t, 4), round(d, 5), round(w, 4)) for t, d, w in record.latency
+                ]
         report = {"clients": clients, "rss_mb": rss_mb(), "cpu_s": cpu_s(os.getpid())}
         if self.args.latency:
             report["worker"] = self.args.worker
@@ -308,12 +325,16 @@ class Worker:
             task.cancel()
 
 
-def worker_share(args: argparse.Namespace) -> range:
-    """The clients of one worker: round robin over `procs` workers, but the last `probes`
-    clients in a worker of their own (index `procs`), lightly loaded, to time delivery."""
+def worker_accounts(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The accounts of one worker's clients, and whether each connects to `--direct-port`:
+    the clients round robin over `procs` workers, but the last `probes` of them in a worker
+    of their own (index `procs`), lightly loaded, to time delivery, each alone on an account
+    of its own (p0, p1, …), with `direct` more probes that connect to `--direct-port`."""
     if args.worker == args.procs:
-        return range(args.clients - args.probes, args.clients)
-    return range(args.worker, args.clients - args.probes, args.procs)
+        probes = range(args.probes + args.direct)
+        return [(f"{PROBE_PREFIX}{j}", j >= args.probes) for j in probes]
+    mine = range(args.worker, args.clients - args.probes, args.procs)
+    return [(account_of(i, args.accounts), False) for i in mine]
 
 
 def worker_entry(args: argparse.Namespace) -> int:
@@ -331,6 +352,15 @@ def worker_entry(args: argparse.Namespace) -> int:
 # --- the orchestrator ------------------------------------------------------------------------
 
 
+def send(process: asyncio.subprocess.Process, signum: int) -> None:
+    """`os.kill`, not `process.terminate()`: that polls the child first (Popen.send_signal)
+    and may reap it before asyncio's child watcher, which then reports its exit status as
+    255 ("Unknown child process pid")."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+
+
 class Children:
     """Every process this run started, killed at the end whatever happens."""
 
@@ -346,13 +376,11 @@ class Children:
 
     async def stop(self, process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+            send(process, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), grace)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                send(process, signal.SIGKILL)
                 await process.wait()
 
     async def stop_all(self) -> None:
@@ -361,17 +389,16 @@ class Children:
 
     def kill_all(self) -> None:
         for process in self.processes:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+            send(process, signal.SIGKILL)
 
 
 class Publisher:
     """`rate` events/s over the accounts, round robin, through the hub's publish script; each
     payload {"a": account, "s": its sequence number in that account, "t": publish time}."""
 
-    def __init__(self, redis_url: str, accounts: int, rate: float) -> None:
+    def __init__(self, redis_url: str, accounts: int, rate: float, prefix: str = "a") -> None:
         self.redis_url, self.accounts, self.rate = redis_url, accounts, rate
+        self.prefix = prefix
         self.seq: dict[str, int] = {}
         self.count = 0
         self.stop = asyncio.Event()
@@ -394,7 +421,7 @@ class Publisher:
                     self.lag = max(self.lag, due / self.rate)
                     pipe = redis.pipeline(transaction=False)
                     for _ in range(min(due, 1000)):
-                        account = f"a{self.count % self.accounts}"
+                        account = f"{self.prefix}{self.count % self.accounts}"
                         self.count += 1
                         seq = self.seq[account] = self.seq.get(account, 0) + 1
                         payload = orjson.dumps({"a": account, "s": seq, "t": time.time()})
@@ -655,12 +682,12 @@ class Storm:
         log("SIGTERM to the hub")
         self.hub_cpu["before_restart"] = cpu_s(hub.pid)
         self.mark("sigterm")
-        hub.terminate()
+        send(hub, signal.SIGTERM)
         try:
             await asyncio.wait_for(hub.wait(), max(1.0, self.budget(60)))
         except TimeoutError:
             self.problems.append("the hub did not exit after SIGTERM; killed")
-            hub.kill()
+            send(hub, signal.SIGKILL)
             await hub.wait()
         self.mark("exited")
         if hub.returncode != 0:
@@ -676,8 +703,12 @@ class Storm:
         await self.wait_ready(hub2, self.budget(30))
         self.hub_cpu["at_ready"] = cpu_s(hub2.pid)
 
+    def expected(self) -> dict[str, int]:
+        """Per account, the sequence number of the last event published to it."""
+        return dict(self.publisher.seq) if self.publisher else {}
+
     async def collect(self) -> dict[str, Any]:
-        expect = dict(self.publisher.seq) if self.publisher else {}
+        expect = self.expected()
         until = time.time() + max(1.0, min(self.args.catchup, self.left() - 3))
         for process in self.workers:
             assert process.stdin is not None
@@ -1039,18 +1070,32 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--probes",
         type=int,
         default=100,
-        help="of the clients, this many in a worker process of their own, to time delivery",
+        help="of the clients, this many in a worker process of their own, each on an account "
+        "of its own, to time delivery",
+    )
+    proxy.add_argument(
+        "--direct",
+        type=int,
+        default=50,
+        help="more probes, besides --clients, connected to the surviving hub's own port (not "
+        "through nginx): what nginx adds",
+    )
+    proxy.add_argument(
+        "--probe-rate",
+        type=float,
+        default=300.0,
+        help="events published per second over the probes' accounts",
     )
     args = parser.parse_args(argv)
     for name, defaults in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, defaults[1] if args.proxy else defaults[0])
     if not args.proxy:
-        args.probes = 0
+        args.probes = args.direct = 0
     if args.clients < 1 or args.accounts < 1 or args.procs < 1 or args.rate < 0:
         parser.error("--clients, --accounts and --procs must be positive, --rate not negative")
-    if not 0 <= args.probes < args.clients:
-        parser.error("--probes must be at least 0 and fewer than --clients")
+    if not 0 <= args.probes < args.clients or args.direct < 0:
+        parser.error("--probes must be at least 0 and fewer than --clients; --direct >= 0")
     try:
         args.limits = [int(limit) for limit in args.limits.split(",")]
     except ValueError:
@@ -1067,6 +1112,8 @@ def main() -> int:
             parser.add_argument(name, type=int, required=True)
         parser.add_argument("--ramp", type=float, default=0.0)
         parser.add_argument("--probes", type=int, default=0)
+        parser.add_argument("--direct", type=int, default=0)
+        parser.add_argument("--direct-port", type=int, default=0)
         parser.add_argument("--latency", action="store_true")
         return worker_entry(parser.parse_args(sys.argv[2:]))
     args = parse(sys.argv[1:])
