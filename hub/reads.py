@@ -15,6 +15,7 @@ resumed and reads for itself, with backpressure.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -45,6 +46,7 @@ class Batch:
     full: bool  # COUNT reached: more may follow
     lost: bool  # events after the position were trimmed away unread, or lost by Redis
     verified: bool = False  # the position was checked to be still in the stream (in doubt)
+    read_at: float = 0.0  # wall clock, when the read came back
     _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
     _last: StreamId | None = field(default=None, repr=False)
 
@@ -57,10 +59,11 @@ class Batch:
             value = self._shared[key] = build(self)
             return value
 
-    @property
-    def oldest_ms(self) -> int:
-        """The time part of the first event's ID: when it was published (Redis's clock)."""
-        return self.shared("oldest_ms", _first_id_ms)
+    def lag(self, now: float | None = None) -> float:
+        """Seconds from the publish of the first event (its ID's time, Redis's clock) to
+        `now`, by default to the read: the same for every socket it is written to at once."""
+        oldest = self.shared("oldest", _first_id_time)
+        return max(0.0, (self.read_at if now is None else now) - oldest)
 
     def position_after(self, sent: int) -> StreamId:
         """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
@@ -71,8 +74,8 @@ class Batch:
         return self._last
 
 
-def _first_id_ms(batch: Batch) -> int:
-    return int(batch.ids[0].partition(b"-")[0])
+def _first_id_time(batch: Batch) -> float:
+    return int(batch.ids[0].partition(b"-")[0]) / 1000
 
 
 class Listener(Protocol):
@@ -195,6 +198,7 @@ class Reader:
             full = [p for p, entries in found.items() if len(entries) >= self._count]
             # Only a full read can hide a gap (see `StreamHead.lost_after`).
             heads = await self._store.account_heads([a for a, _ in full]) if full else {}
+            read_at = time.time()
             for position, future in pending.items():
                 entries = found[position]
                 account, cursor = position
@@ -206,6 +210,7 @@ class Reader:
                         full=len(entries) >= self._count,
                         lost=position in gone or (head is not None and head.lost_after(cursor)),
                         verified=position in doubts,
+                        read_at=read_at,
                     )
                 )
         except Exception as error:

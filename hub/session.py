@@ -156,7 +156,7 @@ class Session:
         if batch.frames:
             if self._replies or not self._write_whole(batch, empty=True):
                 return False
-            self._delivered(batch, len(batch.ids))
+            self._delivered(batch, len(batch.ids), batch.lag())
         if batch.full:
             return False
         if self.signal.pending:
@@ -296,7 +296,7 @@ class Session:
         if not batch.frames:
             return False
         if self._write_whole(batch):
-            self._delivered(batch, len(batch.ids))
+            self._delivered(batch, len(batch.ids), batch.lag())
             return batch.full and self._stop is None
         assert self._wire is not None
         pieces = self._wire.pieces(batch)
@@ -313,13 +313,15 @@ class Session:
             self.stop(CloseCode.SLOW_CONSUMER)
         finally:
             if written:
-                self._delivered(batch, written if len(pieces) == len(batch.ids) else len(batch.ids))
+                events = written if len(pieces) == len(batch.ids) else len(batch.ids)
+                self._delivered(batch, events, batch.lag(time.time()))
         return batch.full and self._stop is None
 
-    def _delivered(self, batch: Batch, events: int) -> None:
-        """The first `events` of the batch were handed to the client: move the cursor."""
+    def _delivered(self, batch: Batch, events: int, lag: float) -> None:
+        """The first `events` of the batch were handed to the client (the first of them `lag`
+        seconds after its publish): move the cursor, count them."""
         self.cursor = batch.position_after(events)
-        self._stats.deliver(events, batch.oldest_ms, int(time.time() * 1000))
+        self._stats.deliver(events, lag)
 
     def _write_whole(self, batch: Batch, *, empty: bool = False) -> bool:
         """Hand the batch, encoded once for every client on this kind of wire, to the

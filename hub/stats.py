@@ -61,11 +61,11 @@ class Stats:
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     notifier_batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
-    def deliver(self, events: int, oldest_ms: int, now_ms: int) -> None:
-        """`events` written to one client at once, the oldest published at `oldest_ms` (its
-        stream ID's time): each counts with that lag, an upper bound for the others."""
+    def deliver(self, events: int, lag: float) -> None:
+        """`events` written to one client at once, the oldest `lag` seconds after it was
+        published: each counts with that lag, an upper bound for the others."""
         self.delivered += events
-        self.delivery_lag.observe(max(0, now_ms - oldest_ms) / 1000, events)
+        self.delivery_lag.observe(lag, events)
 
 
 @dataclass(slots=True)
