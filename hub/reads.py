@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -27,7 +28,7 @@ from hub.cursor import position_lost
 from hub.events import event_frame
 from hub.ids import StreamId
 from hub.registry import Registry, Signal
-from hub.stats import Stats
+from hub.stats import LAG_BUCKETS, Stats
 from hub.store import Store
 
 log = structlog.get_logger(__name__)
@@ -59,11 +60,15 @@ class Batch:
             value = self._shared[key] = build(self)
             return value
 
-    def lag(self, now: float | None = None) -> float:
-        """Seconds from the publish of the first event (its ID's time, Redis's clock) to
-        `now`, by default to the read: the same for every socket it is written to at once."""
-        oldest = self.shared("oldest", _first_id_time)
-        return max(0.0, (self.read_at if now is None else now) - oldest)
+    def lag_at_read(self) -> tuple[float, int]:
+        """Seconds from the publish of the first event (its ID's time, Redis's clock) to the
+        read, and its bucket in `stats.LAG_BUCKETS`: found once for every socket the batch is
+        written to as it was read."""
+        return self.shared("lag", _lag_at_read)
+
+    def lag_at(self, now: float) -> float:
+        """Seconds from the publish of the first event to `now` (a write after a wait)."""
+        return max(0.0, now - _first_id_time(self))
 
     def position_after(self, sent: int) -> StreamId:
         """The cursor after the first `sent` events (the whole batch: parsed once, shared)."""
@@ -76,6 +81,11 @@ class Batch:
 
 def _first_id_time(batch: Batch) -> float:
     return int(batch.ids[0].partition(b"-")[0]) / 1000
+
+
+def _lag_at_read(batch: Batch) -> tuple[float, int]:
+    lag = batch.lag_at(batch.read_at)
+    return lag, bisect_left(LAG_BUCKETS, lag)
 
 
 class Listener(Protocol):

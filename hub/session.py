@@ -156,7 +156,7 @@ class Session:
         if batch.frames:
             if self._replies or not self._write_whole(batch, empty=True):
                 return False
-            self._delivered(batch, len(batch.ids), batch.lag())
+            self._delivered_at_read(batch)
         if batch.full:
             return False
         if self.signal.pending:
@@ -296,7 +296,7 @@ class Session:
         if not batch.frames:
             return False
         if self._write_whole(batch):
-            self._delivered(batch, len(batch.ids), batch.lag())
+            self._delivered_at_read(batch)
             return batch.full and self._stop is None
         assert self._wire is not None
         pieces = self._wire.pieces(batch)
@@ -314,14 +314,17 @@ class Session:
         finally:
             if written:
                 events = written if len(pieces) == len(batch.ids) else len(batch.ids)
-                self._delivered(batch, events, batch.lag(time.time()))
+                self.cursor = batch.position_after(events)
+                lag = batch.lag_at(time.time())
+                self._stats.deliver(events, lag, self._stats.delivery_lag.slot(lag))
         return batch.full and self._stop is None
 
-    def _delivered(self, batch: Batch, events: int, lag: float) -> None:
-        """The first `events` of the batch were handed to the client (the first of them `lag`
-        seconds after its publish): move the cursor, count them."""
-        self.cursor = batch.position_after(events)
-        self._stats.deliver(events, lag)
+    def _delivered_at_read(self, batch: Batch) -> None:
+        """The whole batch went out as it was read: move the cursor, count the events with
+        the batch's lag (and its bucket, found once for every socket it reaches)."""
+        self.cursor = batch.position_after(len(batch.ids))
+        lag, slot = batch.lag_at_read()
+        self._stats.deliver(len(batch.ids), lag, slot)
 
     def _write_whole(self, batch: Batch, *, empty: bool = False) -> bool:
         """Hand the batch, encoded once for every client on this kind of wire, to the

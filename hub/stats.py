@@ -30,7 +30,14 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float, weight: int = 1) -> None:
-        self.counts[bisect_left(self.bounds, value)] += weight
+        self.add(self.slot(value), value, weight)
+
+    def slot(self, value: float) -> int:
+        """The bucket `value` falls in (for `add`, when one value is added many times)."""
+        return bisect_left(self.bounds, value)
+
+    def add(self, slot: int, value: float, weight: int) -> None:
+        self.counts[slot] += weight
         self.sum += value * weight
         self.count += weight
 
@@ -61,11 +68,12 @@ class Stats:
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     notifier_batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
-    def deliver(self, events: int, lag: float) -> None:
+    def deliver(self, events: int, lag: float, slot: int) -> None:
         """`events` written to one client at once, the oldest `lag` seconds after it was
-        published: each counts with that lag, an upper bound for the others."""
+        published (in bucket `slot` of `delivery_lag`, found once for every client the batch
+        reaches): each counts with that lag, an upper bound for the others."""
         self.delivered += events
-        self.delivery_lag.observe(lag, events)
+        self.delivery_lag.add(slot, lag, events)
 
 
 @dataclass(slots=True)

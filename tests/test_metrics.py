@@ -101,7 +101,7 @@ def test_workers_numbers_add_up_and_a_dead_one_s_gauges_do_not() -> None:
 
     worker = Stats()
     worker.published["http"] += 3
-    worker.deliver(5, 0.002)
+    worker.deliver(5, 0.002, worker.delivery_lag.slot(0.002))
     worker.redis_errors["read"] += 1
     held = Gauges(Counter({"ws": 4}), queued_replies=2)
     data = orjson.loads(orjson.dumps(snapshot(worker, held)))  # as written to its file
