@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=Path("results"), help="directory for JSON and HTML"
     )
     parser.add_argument("--prefix", default="load", help="account ID prefix")
+    parser.add_argument(
+        "--spread-sources",
+        action="store_true",
+        help="each client process connects from its own loopback address (127.0.0.2, ...): "
+        "one address pair has ~28,000 ephemeral ports",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sockets <= MAX_SOCKETS:
         parser.error(f"--sockets must be 1..{MAX_SOCKETS}")
@@ -177,6 +183,7 @@ class Run:
                 index=index,
                 base_url=self.http_base if args.transport == "sse" else self.ws_base,
                 path="/sse/{account}" if args.transport == "sse" else "/ws/{account}",
+                source=f"127.0.0.{2 + index}" if args.spread_sources else None,
                 accounts=[
                     self.accounts[n % args.accounts] for n in range(index, args.sockets, args.procs)
                 ],

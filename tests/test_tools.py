@@ -68,6 +68,7 @@ async def test_loadtest_opens_event_streams_too(
     code, output = await run(
         "scripts/loadtest.py", "--url", str(client.make_url("")).rstrip("/"),
         "--transport", "sse", "--sockets", "10", "--accounts", "2", "--events", "20",
+        "--spread-sources",
         "--rate", "400", "--idle", "0.5", "--ramp", "0", "--procs", "1", "--no-auth",
         "--redis-url", redis_server.url, "--out", str(tmp_path),
     )

@@ -37,6 +37,7 @@ class Plan:
     ramp: float
     seed: int
     path: str = "/ws/{account}"  # or /sse/{account}: event streams, on http://
+    source: str | None = None  # the address to connect from (127.0.0.x: its own ports)
 
 
 @dataclass
@@ -127,7 +128,9 @@ class Worker:
             started = time.perf_counter()
             try:
                 client: wsclient.WebSocketClient | sseclient.EventStreamClient
-                client = await asyncio.wait_for(connect(url, on_text, headers), 30)
+                client = await asyncio.wait_for(
+                    connect(url, on_text, headers, self.plan.source), 30
+                )
                 await asyncio.wait_for(welcomed, 30)
             except Exception as error:
                 self.counters[self.row + FAILED] += 1

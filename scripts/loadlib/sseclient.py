@@ -96,14 +96,20 @@ class EventStreamClient(asyncio.Protocol):
 
 
 async def connect(
-    url: str, on_text: Callable[[bytes], None], headers: dict[str, str] | None = None
+    url: str,
+    on_text: Callable[[bytes], None],
+    headers: dict[str, str] | None = None,
+    source: str | None = None,
 ) -> EventStreamClient:
     """Open an event stream at `url` (http://host:port/sse/...?query)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: EventStreamClient(on_text), host, port)
+    local = (source, 0) if source else None  # a loopback address of its own: more ports
+    _, client = await loop.create_connection(
+        lambda: EventStreamClient(on_text), host, port, local_addr=local
+    )
     assert client.transport is not None
     lines = [
         f"GET {path} HTTP/1.1",
