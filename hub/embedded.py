@@ -103,6 +103,9 @@ class EmbeddedRedis:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # Its own process group: Ctrl-C in a terminal signals the whole foreground group,
+            # and Redis must stop when the hub has drained, not with it.
+            start_new_session=True,
         )
         await self._wait_ready()
         log.info("embedded_redis_started", pid=self._process.pid, dir=str(self.data_dir))

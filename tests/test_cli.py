@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,3 +247,49 @@ def test_serve_drains_then_exits_130_on_ctrl_c_and_0_on_sigterm(
     hub.process.send_signal(sig)
     assert hub.process.wait(timeout=30) == status
     assert '"event":"hub_stopping"' in hub.log.read_text().replace(" ", "")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_in_a_terminal_drains_before_redis_stops(
+    tmp_path: Path, serve_env: dict[str, str], workers: str
+) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group: the embedded Redis
+    must not stop with it (and be restarted, with an error line) while the hub drains."""
+    env = {**serve_env, "HUB_WORKERS": workers}
+    log = tmp_path / "hub.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stderr=stderr,
+            start_new_session=True,  # a group of its own, as a shell's foreground job
+        )
+    try:
+        url = f"http://127.0.0.1:{env['HUB_PORT']}/readyz"
+        wait_for(lambda: _ready(url))
+        # A socket that never answers the hub's close: the drain takes its full 5 s.
+        with socket.create_connection(("127.0.0.1", int(env["HUB_PORT"]))) as held:
+            held.sendall(
+                b"GET /ws/1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            assert b" 101 " in held.recv(4096)
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert "embedded_redis_exited" not in events
+    assert events[-1] == "embedded_redis_stopped"
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False
