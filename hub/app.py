@@ -168,7 +168,10 @@ async def _share_metrics(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED_METRICS]
 
     def write() -> None:
-        shared.write(app[STATS], gauges_of(app[SESSIONS]))
+        try:
+            shared.write(app[STATS], gauges_of(app[SESSIONS]))
+        except OSError as error:  # the others' totals miss ours until the next write
+            log.warning("metrics_share_failed", error=str(error))
 
     async def every_second() -> None:
         while True:

@@ -149,7 +149,8 @@ def exposition(stats: Stats, gauges: Gauges) -> bytes:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """This process's metrics (keep the route private: deploy/nginx.conf does not pass it)."""
+    """The metrics of this `hub serve` (all its workers), kept private: deploy/nginx.conf
+    does not route it."""
     stats, gauges = request.app[STATS], gauges_of(request.app[SESSIONS])
     shared = request.app.get(SHARED_METRICS)
     if shared is not None:

@@ -34,9 +34,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         check_origin(request)
         admit(request)
         account = account_param(request)
-        admit_account(request, account)
         claims = authenticate(request)
         require(claims.may_open(account), f"reading the events of account {account}")
+        admit_account(request, account)
         requested, epoch = resume_position(request)
         session, start, current_epoch = await pin(request, account, claims, requested, epoch)
     except Exception as error:
@@ -49,6 +49,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     wire = EventStreamWire(request, current_epoch)
     try:
         await wire.prepare()
+    except ConnectionResetError:
+        release(request, session)
+        return web.Response()  # the client left before the stream started: nothing to serve
     except BaseException:
         release(request, session)
         raise

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from hub.auth import Claims
 from hub.cursor import Requested, Start, resolve_start
 from hub.errors import RequestError, Unavailable
+from hub.protocol import CloseCode
 from hub.session import Session
 from hub.state import ADMISSION, READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
 from hub.wires import Wire
@@ -74,7 +75,7 @@ async def serve(
             recovered=start.recovered,
         )
         await session.run(wire, start, epoch, listen)
-        stats.closed[str(session.close_code or "none")] += 1
+        stats.closed[close_label(session.close_code)] += 1
         log.info(
             "session_closed",
             account=session.account,
@@ -84,6 +85,17 @@ async def serve(
         )
     finally:
         release(request, session)
+
+
+_KNOWN_CLOSES = frozenset({*range(1000, 1016), *map(int, CloseCode)})
+
+
+def close_label(code: int | None) -> str:
+    """The `code` label of a close: the code, when the hub or the RFC knows it; a client may
+    send any of 3000-4999, which would make a label value each."""
+    if code is None:
+        return "none"
+    return str(code) if code in _KNOWN_CLOSES else "other"
 
 
 def admit(request: web.Request) -> None:

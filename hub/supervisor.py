@@ -38,10 +38,11 @@ STEADY = 30.0  # a worker that ran this long restarts quickly again if it dies
 
 
 def _check_port(host: str, port: int) -> None:
-    """Fail now, in one line, when the port cannot be served: each worker would fail alike."""
+    """Fail now, in one line, when the port cannot be served: each worker would fail alike.
+    Without SO_REUSEPORT, so that another hub's workers on the port count as taking it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as error:
@@ -122,8 +123,14 @@ class Supervisor:
                 env={**self._env, WORKER_ENV: str(index)},
                 stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                # Out of the terminal's foreground group: a Ctrl-C reaches the supervisor
+                # alone, which stops the workers itself (and does not take their exit for a
+                # crash to restart).
+                start_new_session=True,
             )
             self._processes[index] = process
+            if self._stopping.is_set():  # started while the others were being stopped
+                process.terminate()
             log.info("worker_started", worker=index, pid=process.pid)
             code = await process.wait()
             if self._stopping.is_set():
@@ -133,9 +140,11 @@ class Supervisor:
                 # It said why on stderr (one line): a busy port, a bad setting.
                 raise HubError(f"worker {index} could not start (exit status {code})")
             first = False
-            delay = 0.5 if ran > STEADY else min(delay * 2, 10.0)
+            if ran > STEADY:
+                delay = 0.5
             log.error("worker_exited", worker=index, pid=process.pid, code=code, restart_in=delay)
             await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)  # it keeps dying: wait longer each time
 
     async def _stop_all(self) -> None:
         """SIGTERM every worker (each drains), then wait; kill those that linger."""
@@ -144,10 +153,12 @@ class Supervisor:
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
+        waits = [asyncio.ensure_future(process.wait()) for process in running]
+        if waits:
+            await asyncio.wait(waits, timeout=STOP_TIMEOUT)  # one deadline for all of them
         for process in running:
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await process.wait()
-            except TimeoutError:
+            if process.returncode is None:
                 process.kill()
                 await process.wait()
+        for wait in waits:
+            wait.cancel()

@@ -126,7 +126,7 @@ class EventStreamWire:
     `<stream id>/<epoch>`; the close is an `event: close` (the code and reason a socket would
     get) and the end of the response."""
 
-    __slots__ = ("_request", "closed", "epoch", "response")
+    __slots__ = ("_ending", "_request", "closed", "epoch", "response")
 
     def __init__(self, request: web.Request, epoch: str) -> None:
         self._request, self.epoch = request, epoch
@@ -140,14 +140,15 @@ class EventStreamWire:
         if request.version >= (1, 1):
             self.response.enable_chunked_encoding()
         self.response.force_close()  # the stream is the connection's last response
-        self.closed = asyncio.Event()
+        self.closed = asyncio.Event()  # set once the close is over
+        self._ending = False  # the close has begun: nothing else may be written
 
     async def prepare(self) -> None:
         await self.response.prepare(self._request)
 
     def transport(self) -> asyncio.Transport | None:
         transport = self._request.transport
-        if transport is None or transport.is_closing() or self.closed.is_set():
+        if transport is None or transport.is_closing() or self._ending:
             return None
         return transport
 
@@ -192,6 +193,7 @@ class EventStreamWire:
         """As a socket's close (`HubWebSocket.close`): the client has `CLOSE_TIMEOUT` to take
         what is on its way to it, the close event included, or the connection is reset."""
         transport = self.transport()
+        self._ending = True
         if transport is None:
             self.closed.set()
             return False

@@ -119,9 +119,9 @@ async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
     account = account_param(request)
-    admit_account(request, account)
     claims = authenticate(request)
     require(claims.may_open(account), f"opening the socket of account {account}")
+    admit_account(request, account)
     requested = parse_last_id(request.query.get("last_id"))
     epoch = parse_epoch(request.query.get("epoch"))
     batched = request.query.get("batch", "0")

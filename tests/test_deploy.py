@@ -121,7 +121,12 @@ def test_the_kubernetes_manifests_probe_drain_and_route_as_the_hub_expects() -> 
     prefix = "nginx.ingress.kubernetes.io/"
     assert float(annotations[prefix + "proxy-read-timeout"]) > HEARTBEAT
     assert annotations[prefix + "proxy-buffering"] == "off"
-    assert "/metrics" in annotations[prefix + "server-snippet"]
+    paths = {
+        p["path"]: p["pathType"] for p in documents["Ingress"]["spec"]["rules"][0]["http"]["paths"]
+    }
+    assert {"/ws/", "/sse/", "/accounts"} <= set(paths)
+    assert "/metrics" not in paths
+    assert all(path != "/" or kind == "Exact" for path, kind in paths.items())  # nothing else
 
 
 # --- run: nginx in front of two hubs ------------------------------------------------------------
@@ -142,7 +147,7 @@ def nginx_config(directory: Path, port: int, upstreams: list[int]) -> Path:
     site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     site = site.replace("127.0.0.1:8081", f"127.0.0.1:{upstreams[0]}")
     site = site.replace("127.0.0.1:8082", f"127.0.0.1:{upstreams[1]}")
-    site = site.replace("/var/log/nginx/", f"{directory}/")
+    site = site.replace("/var/log/nginx/", f"{directory}/")  # the access and error logs
     (directory / "hub.conf").write_text(site)
     main = directory / "nginx.conf"
     main.write_text(
@@ -177,7 +182,8 @@ def proxy(tmp_path: Path, two_hubs: list[HubProcess]) -> Iterator[Proxy]:
     proxy = Proxy(port, directory / "hub.access.log")
     try:
         wait_for(lambda: _answers(proxy), timeout=10)
-        HUB_LOGS.append(proxy.log)  # scanned with the hubs' logs at the end of the run
+        # Scanned with the hubs' logs at the end of the run.
+        HUB_LOGS.extend([proxy.log, directory / "hub.error.log"])
         yield proxy
     finally:
         process.terminate()
@@ -294,6 +300,10 @@ async def test_metrics_are_not_routed_and_query_strings_are_not_logged(
     async with http.get(two_hubs[0].url("/metrics")) as response:
         assert response.status == 200  # scraped on the process itself
     async with http.ws_connect(proxy.url(f"/ws/q?token={token('q')}", "ws")) as ws:
+        assert (await ws.receive_json(timeout=10))["op"] == "welcome"
+    # A page the hub served through the proxy is the hub's own: its cookie works.
+    own = {"Origin": proxy.url(""), "Cookie": f"hub_token={token('q')}"}
+    async with http.ws_connect(proxy.url("/ws/q", "ws"), headers=own) as ws:
         assert (await ws.receive_json(timeout=10))["op"] == "welcome"
     await wait_until(lambda: "/ws/q" in proxy.log.read_text(), 10, "the access log line")
     assert not secrets_in_logs([proxy.log])

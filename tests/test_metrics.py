@@ -114,3 +114,23 @@ def test_workers_numbers_add_up_and_a_dead_one_s_gauges_do_not() -> None:
     assert total.delivery_lag.sum == pytest.approx(0.02)
     assert total.redis_errors == Counter({"read": 2})
     assert (gauges.open, gauges.queued_replies) == (Counter({"ws": 4}), 2)
+
+
+def test_close_codes_a_client_makes_up_are_one_label_value() -> None:
+    from hub.subscriptions import close_label
+
+    assert [close_label(c) for c in (1000, 1001, 1006, 4008, 4429, None)] == [
+        "1000",
+        "1001",
+        "1006",
+        "4008",
+        "4429",
+        "none",
+    ]
+    assert {close_label(c) for c in range(3000, 5000)} - {"4001", "4008", "4009"} <= {
+        "other",
+        "4400",
+        "4401",
+        "4403",
+        "4429",
+    }
