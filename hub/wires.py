@@ -157,7 +157,7 @@ class EventStreamWire:
         return batch.shared(("sse", self.epoch, chunked), self._encode_whole)
 
     def _encode_whole(self, batch: Batch) -> bytes:
-        body = b"".join(self._events(batch))
+        body = b"".join(self.pieces(batch))  # the events, encoded once for both
         return _chunk(body) if self.response.chunked else body
 
     def pieces(self, batch: Batch) -> list[bytes]:
