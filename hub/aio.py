@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import random
+import signal
 import socket
 import struct
 import termios
@@ -190,6 +191,25 @@ class Coalesced(Generic[K, V]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, caught for a clean stop: `wait` returns the first one's number."""
+
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+        self._received: list[int] = []
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on, signum)
+
+    def _on(self, signum: int) -> None:
+        self._received.append(signum)
+        self._stop.set()
+
+    async def wait(self) -> int:
+        await self._stop.wait()
+        return self._received[0]
 
 
 class Backoff:

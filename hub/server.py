@@ -14,7 +14,6 @@ unhandled exceptions through `handle_error(request, status, exc, message)`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from typing import Any
@@ -25,6 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from hub.aio import StopSignals
 from hub.config import Settings
 from hub.errors import HubError
 from hub.logs import AccessLogger
@@ -105,16 +105,7 @@ def runner(app: web.Application, settings: Settings, **kwargs: Any) -> HubRunner
 async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> int:
     """Serve until SIGINT or SIGTERM, then drain; the signal's number. A failure to start
     raises HubError. `reuse_port`: one of several workers on the port (hub/supervisor.py)."""
-    stop = asyncio.Event()
-    received: list[int] = []
-
-    def stop_on(signum: int) -> None:
-        received.append(signum)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop_on, signum)
+    signals = StopSignals()
     hub = runner(app, settings)
     try:
         await hub.setup()
@@ -126,8 +117,8 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise HubError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-        await stop.wait()
-        log.info("hub_stopping", signal=signal.Signals(received[0]).name)
+        received = await signals.wait()
+        log.info("hub_stopping", signal=signal.Signals(received).name)
     finally:
         await hub.cleanup()
-    return received[0]
+    return received

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from hub.aio import StopSignals
 from hub.config import Settings
 from hub.embedded import EmbeddedRedis, die_with_parent
 from hub.errors import HubError
@@ -62,16 +63,7 @@ class Supervisor:
     async def run(self) -> int:
         """Serve until SIGINT or SIGTERM; the signal's number. A start failure raises."""
         settings = self._settings
-        stop = asyncio.Event()
-        received: list[int] = []
-
-        def stop_on(signum: int) -> None:
-            received.append(signum)
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop_on, signum)
+        signals = StopSignals()
         _check_port(settings.host, settings.port)
         metrics = Path(tempfile.mkdtemp(prefix="hub-metrics-"))
         redis = EmbeddedRedis(settings.data_dir) if settings.redis_url is None else None
@@ -94,13 +86,14 @@ class Supervisor:
             ]
             tasks += watchers
             log.info("supervisor_started", workers=settings.workers, port=settings.port)
-            stopped = asyncio.create_task(stop.wait())
+            stopped = asyncio.create_task(signals.wait())
             tasks.append(stopped)
             done, _ = await asyncio.wait({stopped, *watchers}, return_when="FIRST_COMPLETED")
             for task in done - {stopped}:
                 task.result()  # a worker that could not start: HubError
-            log.info("supervisor_stopping", signal=signal.Signals(received[0]).name)
-            return received[0]
+            received: int = stopped.result()
+            log.info("supervisor_stopping", signal=signal.Signals(received).name)
+            return received
         finally:
             await self._stop_all()  # every worker drains
             for task in tasks:
