@@ -8,6 +8,8 @@ import resource
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import hdrs, web
@@ -19,6 +21,7 @@ from hub.aio import Coalesced, consume_result
 from hub.assets import routes as asset_routes
 from hub.config import AuthMode, Settings
 from hub.embedded import EmbeddedRedis
+from hub.errors import HubError
 from hub.http import cors_headers, json_router_errors
 from hub.http import routes as http_routes
 from hub.metrics import gauges_of
@@ -132,6 +135,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
         url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10, name="hub-notifier"
     )
     store = Store.configured(pool, settings)
+    await _refuse_a_cluster(store, url, (pool, blocking))
     notifier = Notifier(
         Store.configured(blocking, settings),
         app[REGISTRY],
@@ -184,6 +188,29 @@ async def _share_metrics(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     write()
+
+
+async def _refuse_a_cluster(store: Store, url: str, clients: tuple[Any, ...]) -> None:
+    """A Redis Cluster node would answer the single-node layout with MOVED and CROSSSLOT
+    errors at every turn: say so at start instead. (Unreachable: found out later.)"""
+    try:
+        cluster = await store.is_cluster()
+    except (RedisError, OSError):
+        return
+    if cluster:
+        for client in clients:
+            await client.aclose(close_connection_pool=True)
+        raise HubError(
+            f"REDIS_URL {_without_password(url)} is a Redis Cluster node: this version of the "
+            "hub needs a single Redis node (or a primary with replicas)"
+        )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
 
 
 def _doubt_every_position(app: web.Application) -> None:

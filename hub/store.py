@@ -165,6 +165,11 @@ class Store:
     async def ping(self) -> None:
         await self.redis.ping()
 
+    async def is_cluster(self) -> bool:
+        """Whether Redis runs in cluster mode (`cluster_enabled` of `INFO cluster`)."""
+        info = await self.redis.info("cluster")
+        return bool(int(info.get("cluster_enabled", 0)))
+
     async def publish(
         self,
         account: str,

@@ -293,3 +293,40 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError):
         return False
+
+
+def test_a_redis_cluster_node_is_refused_in_one_line(
+    tmp_path: Path, serve_env: dict[str, str]
+) -> None:
+    """This version needs a single Redis node: a cluster node would answer MOVED and
+    CROSSSLOT at every turn, so the start says so instead."""
+    port = free_port()
+    # fmt: off
+    command = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--requirepass", "secret", "--dir", str(tmp_path),
+        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+    ]
+    # fmt: on
+    redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://:secret@127.0.0.1:{port}/0"
+        wait_for(lambda: _answers_ping(port))
+        result = hub_command("serve", env={**serve_env, "REDIS_URL": url}, cwd=tmp_path)
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1
+    assert "is a Redis Cluster node" in errors[0]
+    assert "secret" not in result.stderr
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
