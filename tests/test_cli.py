@@ -306,6 +306,7 @@ def test_a_redis_cluster_node_is_refused_in_one_line(
         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--requirepass", "secret", "--dir", str(tmp_path),
         "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+        "--cluster-port", str(free_port()),  # else port + 10000, which may not exist
     ]
     # fmt: on
     redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
