@@ -14,12 +14,11 @@ import contextlib
 from aiohttp import web
 
 from hub import eventstream
-from hub.auth import require
 from hub.cursor import Requested, parse_epoch, parse_last_id
 from hub.errors import RequestError
-from hub.http import account_param, authenticate, check_origin, error_for
+from hub.http import check_origin, error_for
 from hub.state import SETTINGS
-from hub.subscriptions import admit, admit_account, pin, refused, release, serve
+from hub.subscriptions import admit, pin, refused, serve, started, subscriber
 from hub.wires import EventStreamWire
 
 routes = web.RouteTableDef()
@@ -33,10 +32,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     try:
         check_origin(request)
         admit(request)
-        account = account_param(request)
-        claims = authenticate(request)
-        require(claims.may_open(account), f"reading the events of account {account}")
-        admit_account(request, account)
+        account, claims = subscriber(request)
         requested, epoch = resume_position(request)
         session, start, current_epoch = await pin(request, account, claims, requested, epoch)
     except Exception as error:
@@ -47,14 +43,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             raise
         return response
     wire = EventStreamWire(request, current_epoch)
-    try:
-        await wire.prepare()
-    except ConnectionResetError:
-        release(request, session)
+    if not await started(request, session, wire.prepare):
         return web.Response()  # the client left before the stream started: nothing to serve
-    except BaseException:
-        release(request, session)
-        raise
     period = request.app[SETTINGS].sse_keepalive
     await serve(request, session, wire, start, current_epoch, lambda: _keep_alive(wire, period))
     return wire.response

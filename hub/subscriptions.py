@@ -11,9 +11,10 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub.auth import Claims
+from hub.auth import Claims, require
 from hub.cursor import Requested, Start, resolve_start
 from hub.errors import RequestError, Unavailable
+from hub.http import account_param, authenticate
 from hub.protocol import CloseCode
 from hub.session import Session
 from hub.state import ADMISSION, READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
@@ -103,9 +104,30 @@ def admit(request: web.Request) -> None:
     request.app[ADMISSION].admit(len(request.app[REGISTRY]), time.monotonic())
 
 
-def admit_account(request: web.Request, account: str) -> None:
-    """The account's limit on this process (`TooManySockets`)."""
+def subscriber(request: web.Request) -> tuple[str, Claims]:
+    """The account of the path and the token's claims, once the token may open it and the
+    account has room on this process (`TooManySockets`)."""
+    account = account_param(request)
+    claims = authenticate(request)
+    require(claims.may_open(account), f"subscribing to the events of account {account}")
     request.app[ADMISSION].admit_account(account, request.app[REGISTRY].listeners(account))
+    return account, claims
+
+
+async def started(
+    request: web.Request, session: Session, prepare: Callable[[], Awaitable[object]]
+) -> bool:
+    """Send the response's head (`prepare`); False when the client left meanwhile. A pinned
+    session is forgotten whatever goes wrong."""
+    try:
+        await prepare()
+    except ConnectionResetError:
+        release(request, session)
+        return False
+    except BaseException:
+        release(request, session)
+        raise
+    return True
 
 
 def via(request: web.Request) -> str:

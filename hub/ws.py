@@ -6,15 +6,12 @@ import structlog
 from aiohttp import web
 
 from hub import protocol
-from hub.auth import require
 from hub.config import Settings
 from hub.cursor import Start, parse_epoch, parse_last_id
 from hub.errors import BadRequest, RequestError
 from hub.http import (
     BEARER_SUBPROTOCOL,
     SUBPROTOCOL,
-    account_param,
-    authenticate,
     check_origin,
     error_for,
     offered_subprotocols,
@@ -23,7 +20,7 @@ from hub.http import (
 from hub.inbound import Inbound
 from hub.session import Session
 from hub.state import SETTINGS, STATS, STORE
-from hub.subscriptions import admit, admit_account, pin, refused, release, serve
+from hub.subscriptions import admit, pin, refused, serve, started, subscriber
 from hub.websocket import HubWebSocket
 from hub.wires import WebSocketWire
 
@@ -46,14 +43,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if response is None:
             raise
         return response
-    try:
-        await ws.prepare(request)
-    except ConnectionResetError:
-        release(request, session)
+    if not await started(request, session, lambda: ws.prepare(request)):
         return web.Response()  # the client left during the handshake: nothing to serve
-    except BaseException:
-        release(request, session)
-        raise
     inbound = Inbound(
         session,
         ws,
@@ -118,10 +109,7 @@ async def _open(request: web.Request) -> tuple[Session, HubWebSocket, Start, str
     ws = _socket(request, settings)
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade request", code="not_websocket")
-    account = account_param(request)
-    claims = authenticate(request)
-    require(claims.may_open(account), f"opening the socket of account {account}")
-    admit_account(request, account)
+    account, claims = subscriber(request)
     requested = parse_last_id(request.query.get("last_id"))
     epoch = parse_epoch(request.query.get("epoch"))
     batched = request.query.get("batch", "0")

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from hypothesis import given
@@ -219,3 +220,44 @@ def test_the_parser_reads_back_what_the_encoder_writes(data: bytes, name: str | 
     [message] = Parser().feed(encoded)
     expected = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", "replace")
     assert (message.data, message.id, message.name) == (expected, "1-0/2", name or "message")
+
+
+@pytest.mark.parametrize("path", ["/sse/1", "/ws/1"])
+async def test_a_client_gone_before_the_response_starts_is_forgotten_quietly(
+    client: Client, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client leaves while its start position is being pinned: the session is released
+    and nothing is logged as a failure (no 500 for a client that simply went away)."""
+    from loadlib import raw
+
+    from hub.state import REGISTRY, STREAM_STATES
+
+    coalesced = client.app[STREAM_STATES]
+    read_states = coalesced._call
+    pinning, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_states(keys: Any) -> Any:
+        pinning.set()
+        await go_on.wait()
+        return await read_states(keys)
+
+    monkeypatch.setattr(coalesced, "_call", slow_states)
+    host, port = client.server.host, client.server.port
+    connection = await raw.Connection.open(host, port)
+    head = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {token('1')}"]
+    if path.startswith("/ws/"):
+        head += ["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"]
+        head += ["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+    connection.send(("\r\n".join(head) + "\r\n\r\n").encode())
+    await asyncio.wait_for(pinning.wait(), 10)
+    await connection.close()
+    registry = client.app[REGISTRY]
+    server = client.server.runner.server
+    await wait_until(
+        lambda: all(handler.transport is None for handler in server.connections),
+        what="the server to see the connection end",
+    )
+    with structlog.testing.capture_logs() as logged:
+        go_on.set()
+        await wait_until(lambda: len(registry) == 0, what="the session to be released")
+    assert not [entry for entry in logged if entry["log_level"] in ("error", "critical")]
