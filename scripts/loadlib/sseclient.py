@@ -5,34 +5,24 @@ that one process drives thousands of streams; events are parsed by the hub's own
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from typing import cast
-from urllib.parse import urlsplit
 
 import orjson
 
 from hub.eventstream import Parser
-from loadlib.wsclient import Handshake
+from loadlib.wsclient import Handshake, LoadClient, open_client
 
 
-class EventStreamClient(asyncio.Protocol):
+class EventStreamClient(LoadClient):
     """Calls `on_text(data)` for the welcome and every event; `closed` resolves with the code
     of the stream's `close` event (1006 when it ended without one)."""
 
     def __init__(self, on_text: Callable[[bytes], None]) -> None:
-        self.on_text = on_text
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[int] = loop.create_future()
+        super().__init__(on_text)
         self._head = bytearray()
         self._chunks = bytearray()  # the chunked body, not yet decoded
         self._parser = Parser()
         self._started = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._started:
@@ -73,26 +63,11 @@ class EventStreamClient(asyncio.Protocol):
         else:
             self.on_text(data)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
     async def shutdown(self, wait: float = 5.0) -> None:
         """Close as a browser leaving a page does: end the connection (an event stream has no
         close handshake)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("connection closed"))
-        if not self.closed.done():
-            self.closed.set_result(1006)
-
-    def _fail(self, error: Exception) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(error)
-            if self.transport is not None:
-                self.transport.close()
 
 
 async def connect(
@@ -102,22 +77,18 @@ async def connect(
     source: str | None = None,
 ) -> EventStreamClient:
     """Open an event stream at `url` (http://host:port/sse/...?query)."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    loop = asyncio.get_running_loop()
-    local = (source, 0) if source else None  # a loopback address of its own: more ports
-    _, client = await loop.create_connection(
-        lambda: EventStreamClient(on_text), host, port, local_addr=local
-    )
-    assert client.transport is not None
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Accept: text/event-stream",
-        "Cache-Control: no-cache",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    client.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    await client.opened
-    return client
+    return await open_client(url, lambda: EventStreamClient(on_text), _request(headers), source)
+
+
+def _request(headers: dict[str, str] | None) -> Callable[[str, int, str], bytes]:
+    def request(host: str, port: int, path: str) -> bytes:
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Accept: text/event-stream",
+            "Cache-Control: no-cache",
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    return request

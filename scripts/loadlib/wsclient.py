@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from loadlib.raw import (
@@ -26,21 +26,67 @@ class Handshake(Exception):
     pass
 
 
-class WebSocketClient(asyncio.Protocol):
-    """Calls `on_text(payload)` for every text message; `closed` resolves with the close code."""
+class LoadClient(asyncio.Protocol):
+    """What every load client shares: `opened` once the hub accepted it, `closed` with the
+    close code it got (1006 when none), `close` to drop it."""
 
     def __init__(self, on_text: Callable[[bytes], None]) -> None:
         self.on_text = on_text
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(1006)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(error)
+            if self.transport is not None:
+                self.transport.close()
+
+
+Client = TypeVar("Client", bound=LoadClient)
+
+
+async def open_client(
+    url: str,
+    make: Callable[[], Client],
+    request: Callable[[str, int, str], bytes],
+    source: str | None = None,
+) -> Client:
+    """Connect to `url`'s host (from `source`, a loopback address of its own for more
+    ports), send `request(host, port, path with query)`, and wait until the hub accepts."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    loop = asyncio.get_running_loop()
+    local = (source, 0) if source else None
+    _, client = await loop.create_connection(make, host, port, local_addr=local)
+    assert client.transport is not None
+    client.transport.write(request(host, port, path))
+    await client.opened
+    return client
+
+
+class WebSocketClient(LoadClient):
+    """Calls `on_text(payload)` for every text message; `closed` resolves with the close code."""
+
+    def __init__(self, on_text: Callable[[bytes], None]) -> None:
+        super().__init__(on_text)
         self._buffer = bytearray()
         self._upgraded = False
         self._fragments: list[bytes] = []
         self._closing = False  # our close frame is sent: the next one is the answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -103,10 +149,6 @@ class WebSocketClient(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(client_frame(opcode, payload))
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
     async def shutdown(self, wait: float = 5.0) -> None:
         """Close as a well-behaved client does: a close frame (1000), the hub's answer, then
         the connection; aborted if the answer does not come in time."""
@@ -119,17 +161,6 @@ class WebSocketClient(asyncio.Protocol):
         except TimeoutError:
             self.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("connection closed"))
-        if not self.closed.done():
-            self.closed.set_result(1006)
-
-    def _fail(self, error: Exception) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(error)
-            if self.transport is not None:
-                self.transport.close()
-
 
 async def connect(
     url: str,
@@ -138,15 +169,9 @@ async def connect(
     source: str | None = None,
 ) -> WebSocketClient:
     """Open a WebSocket to `url` (ws://host:port/path?query)."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    loop = asyncio.get_running_loop()
-    local = (source, 0) if source else None  # a loopback address of its own: more ports
-    _, client = await loop.create_connection(
-        lambda: WebSocketClient(on_text), host, port, local_addr=local
+    return await open_client(
+        url,
+        lambda: WebSocketClient(on_text),
+        lambda host, port, path: upgrade_request(host, port, path, headers),
+        source,
     )
-    assert client.transport is not None
-    client.transport.write(upgrade_request(host, port, path, headers))
-    await client.opened
-    return client
