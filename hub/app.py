@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import resource
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import hdrs, web
@@ -24,6 +22,7 @@ from hub.embedded import EmbeddedRedis
 from hub.errors import HubError
 from hub.http import cors_headers, json_router_errors
 from hub.http import routes as http_routes
+from hub.keys import SINGLE, Layout
 from hub.metrics import gauges_of
 from hub.metrics import routes as metrics_routes
 from hub.notifier import Notifier
@@ -36,7 +35,7 @@ from hub.sharedstats import WRITE_EVERY, SharedMetrics
 from hub.sse import routes as sse_routes
 from hub.state import (
     ADMISSION,
-    NOTIFIER,
+    NOTIFIERS,
     ORIGINS,
     READER,
     REDIS_URL,
@@ -49,7 +48,7 @@ from hub.state import (
     STREAM_STATES,
 )
 from hub.stats import Stats
-from hub.store import Store, connect
+from hub.store import Store, close, connect, layout_of
 from hub.ws import routes as ws_routes
 
 log = structlog.get_logger(__name__)
@@ -129,42 +128,90 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
 async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     url = app[REDIS_URL]
-    pool = connect(url, pool_size=settings.redis_pool_size, socket_timeout=settings.redis_timeout)
-    # The notifier's own connection: its socket timeout must outlast the BLOCK.
+    layout = await _layout(settings, url)
+    cluster = layout.clustered
+    pool = connect(
+        url,
+        pool_size=settings.redis_pool_size,
+        socket_timeout=settings.redis_timeout,
+        cluster=cluster,
+    )
+    # The notifiers' own connections: their socket timeout must outlast the BLOCK.
     blocking = connect(
-        url, pool_size=1, socket_timeout=settings.block_ms / 1000 + 10, name="hub-notifier"
+        url,
+        pool_size=len(layout.index_shards()),
+        socket_timeout=settings.block_ms / 1000 + 10,
+        name="hub-notifier",
+        cluster=cluster,
     )
-    store = Store.configured(pool, settings)
-    await _refuse_a_cluster(store, url, (pool, blocking))
-    notifier = Notifier(
-        Store.configured(blocking, settings),
-        app[REGISTRY],
-        block_ms=settings.block_ms,
-        batch=settings.index_batch,
-        on_doubt=lambda: _doubt_every_position(app),
-        stats=app[STATS],
-    )
+    store = Store.configured(pool, settings, layout, app[STATS])
     try:
-        await notifier.start_position()
+        await store.check_layout()
     except (RedisError, OSError) as error:
         log.warning("redis_unavailable_at_start", error=str(error))
-    app[STORE], app[NOTIFIER] = store, notifier
+    except HubError:
+        await close(pool)
+        await close(blocking)
+        raise
+    notifiers = [
+        Notifier(
+            Store.configured(blocking, settings, layout),
+            app[REGISTRY],
+            shard=shard,
+            block_ms=settings.block_ms,
+            batch=settings.index_batch,
+            on_doubt=lambda mine: _doubt_positions(app, mine),
+            stats=app[STATS],
+        )
+        for shard in layout.index_shards()
+    ]
+    for notifier in notifiers:
+        try:
+            await notifier.start_position()
+        except (RedisError, OSError) as error:
+            log.warning("redis_unavailable_at_start", shard=notifier.shard, error=str(error))
+    app[STORE], app[NOTIFIERS] = store, notifiers
     app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch, app[STATS])
     app[STREAM_STATES] = stream_states = Coalesced(store.stream_states, MAX_OPENS_PER_COMMAND)
-    task = asyncio.create_task(notifier.run(), name="notifier")
+    tasks = {
+        asyncio.create_task(notifier.run(), name=f"notifier-{notifier.shard}")
+        for notifier in notifiers
+    }
     if settings.auth is AuthMode.OFF:
         log.warning("auth_off", detail="HUB_AUTH=off: any client may open any account's socket")
-    log.info("hub_started", host=settings.host, port=settings.port)
+    log.info(
+        "hub_started",
+        host=settings.host,
+        port=settings.port,
+        redis="cluster" if cluster else "single",
+        index_shards=len(notifiers),
+    )
     yield
-    notifier.stop()
-    task.cancel()
-    task.add_done_callback(consume_result)
-    # If the cancellation was lost, the loop still ends when its BLOCK does (see `stop`).
-    await asyncio.wait({task}, timeout=settings.block_ms / 1000 + 1)
+    for notifier in notifiers:
+        notifier.stop()
+    for task in tasks:
+        task.cancel()
+        task.add_done_callback(consume_result)
+    # If a cancellation was lost, its loop still ends when its BLOCK does (see `stop`).
+    await asyncio.wait(tasks, timeout=settings.block_ms / 1000 + 1)
     await reader.close()
     await stream_states.close()
-    await blocking.aclose(close_connection_pool=True)
-    await pool.aclose(close_connection_pool=True)
+    await close(blocking)
+    await close(pool)
+
+
+async def _layout(settings: Settings, url: str) -> Layout:
+    """The cluster layout when `url` names a Redis Cluster node, else the seed's names.
+    (Unreachable at start: a single node is assumed, and said so.)"""
+    try:
+        return await layout_of(url, settings.index_shards)
+    except (RedisError, OSError) as error:
+        log.warning(
+            "redis_mode_unknown",
+            error=str(error),
+            detail="Redis did not answer at start: a single node is assumed",
+        )
+        return SINGLE
 
 
 async def _share_metrics(app: web.Application) -> AsyncIterator[None]:
@@ -190,34 +237,13 @@ async def _share_metrics(app: web.Application) -> AsyncIterator[None]:
     write()
 
 
-async def _refuse_a_cluster(store: Store, url: str, clients: tuple[Any, ...]) -> None:
-    """A Redis Cluster node would answer the single-node layout with MOVED and CROSSSLOT
-    errors at every turn: say so at start instead. (Unreachable: found out later.)"""
-    try:
-        cluster = await store.is_cluster()
-    except (RedisError, OSError):
-        return
-    if cluster:
-        for client in clients:
-            await client.aclose(close_connection_pool=True)
-        raise HubError(
-            f"REDIS_URL {_without_password(url)} is a Redis Cluster node: this version of the "
-            "hub needs a single Redis node (or a primary with replicas)"
-        )
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
-
-
-def _doubt_every_position(app: web.Application) -> None:
-    """The notifier lost Redis for a while: it may have lost data, so every session checks
-    its position before it delivers more (else events lost would be a silent gap)."""
+def _doubt_positions(app: web.Application, mine: Callable[[str], bool]) -> None:
+    """A notifier lost Redis for a while: it may have lost data, so every session of its
+    shard checks its position before it delivers more (else events lost would be a silent
+    gap)."""
     for session in app[SESSIONS]:
-        session.in_doubt = True
+        if mine(session.account):
+            session.in_doubt = True
 
 
 async def _close_sessions(app: web.Application) -> None:

@@ -122,7 +122,7 @@ async def _publish(
     from redis.exceptions import RedisError
 
     from hub.embedded import require_running
-    from hub.store import Store, connect
+    from hub.store import Store, close, connect, layout_of
 
     validate_account_id(account)
     validate_type(event_type)
@@ -130,13 +130,17 @@ async def _publish(
         validate_idempotency_key(key)
     data = _payload(payload)
     url = settings.redis_url or require_running(settings.data_dir)
-    redis = connect(url, pool_size=1, socket_timeout=10)
     try:
-        published = await Store.configured(redis, settings).publish(
+        layout = await layout_of(url, settings.index_shards)
+    except (RedisError, OSError) as error:
+        raise HubError(f"cannot publish through {url}: {error}") from None
+    redis = connect(url, pool_size=1, socket_timeout=10, cluster=layout.clustered)
+    try:
+        published = await Store.configured(redis, settings, layout).publish(
             account, event_type, data, key=key
         )
         return published.id
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     finally:
-        await redis.aclose(close_connection_pool=True)
+        await close(redis)

@@ -50,6 +50,10 @@ class Settings:
     max_sockets_per_account: int = 100
     publish_rate: int = 100  # socket publishes per second, burst of twice that
     workers: int = 1  # processes serving the port (hub/supervisor.py); `auto`: one per core
+    # Redis Cluster only (hub/keys.py, hub/store.py).
+    index_shards: int = 16  # index streams, each in its own slot; fixed for a deployment
+    wait_replicas: int = 1  # replicas that must hold an event before it is acknowledged
+    wait_timeout_ms: int = 1_000  # beyond this, the publish is answered 504 outcome_unknown
 
     block_ms: int = 5_000  # the notifier's XREAD BLOCK; readiness allows this + 5 s
     index_retention: int = 100_000  # approximate length of hub:index
@@ -146,6 +150,9 @@ def load_settings(
         ),
         publish_rate=get("HUB_PUBLISH_RATE", _int_at_least(0), default.publish_rate),
         workers=get("HUB_WORKERS", workers_count, default.workers),
+        index_shards=get("HUB_INDEX_SHARDS", _int_between(1, 16384), default.index_shards),
+        wait_replicas=get("HUB_WAIT_REPLICAS", _int_at_least(0), default.wait_replicas),
+        wait_timeout_ms=get("HUB_WAIT_TIMEOUT_MS", _int_between(1, 9_000), default.wait_timeout_ms),
     )
 
 
@@ -201,6 +208,18 @@ def _int_at_least(minimum: int) -> Callable[[str, str], int]:
         number = parse_decimal(value.strip())
         if number is None or number < minimum:
             raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _int_between(minimum: int, maximum: int) -> Callable[[str, str], int]:
+    at_least = _int_at_least(minimum)
+
+    def parse(name: str, value: str) -> int:
+        number = at_least(name, value)
+        if number > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value!r}")
         return number
 
     return parse

@@ -100,3 +100,7 @@ class OutcomeUnknown(RequestError):
 class TooBusy(RequestError):
     status = 503
     code = "too_busy"
+
+
+class LayoutMismatch(HubError):
+    """The cluster's data was written with another number of index shards."""

@@ -39,7 +39,7 @@ from hub.ids import (
     validate_idempotency_key,
 )
 from hub.origins import CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS
-from hub.state import NOTIFIER, ORIGINS, SETTINGS, STATS, STORE
+from hub.state import NOTIFIERS, ORIGINS, SETTINGS, STATS, STORE
 from hub.store import UNAVAILABLE
 
 DEFAULT_HISTORY_LIMIT = 100
@@ -252,13 +252,18 @@ async def openapi(_: web.Request) -> web.Response:
 @routes.get("/readyz")
 @json_errors
 async def readyz(request: web.Request) -> web.Response:
-    """Ready while Redis answers and the notifier read within its BLOCK timeout + 5 s."""
+    """Ready while Redis answers and the notifier read every index shard within its BLOCK
+    timeout + 5 s."""
     try:
         await within(request.app[STORE].ping(), READY_TIMEOUT)
     except (RedisError, OSError, TimeoutError) as error:
         return error_response(503, "redis_unavailable", f"Redis does not answer: {error}")
-    if not request.app[NOTIFIER].healthy():
-        return error_response(503, "notifier_stalled", "the notifier has not read recently")
+    stalled = [n.shard for n in request.app[NOTIFIERS] if not n.healthy()]
+    if stalled:
+        shards = ", ".join(map(str, stalled))
+        return error_response(
+            503, "notifier_stalled", f"the notifier has not read recently (shards: {shards})"
+        )
     return json_response({"status": "ready"})
 
 

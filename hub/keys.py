@@ -1,25 +1,23 @@
 """Every Redis key name the hub uses, built in one place.
 
-The first four are the seed tutorial's data model; `hub:index` and the epoch key are the
-hub's own. A sharded (Redis Cluster) layout would change only this module.
+On a single Redis node the names are the seed tutorial's (`account:{id}:log`, `account_id`,
+`email:{address}`) plus the hub's own `hub:index` and epoch keys. On a Redis Cluster the index
+is split into shards, and each account's keys carry the hash tag of its shard (`{h3}`), so that
+the publish script's keys share one slot: publishing stays one atomic script. An outside
+producer finds an account's shard as CRC-32 (IEEE, of the account ID's UTF-8 bytes) modulo the
+number of shards.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
+from dataclasses import dataclass
 
-INDEX = "hub:index"
 ACCOUNT_SEQUENCE = "account_id"
-
-
-def account_log(account: str) -> str:
-    """The account's event stream, fields `type` and `payload`."""
-    return f"account:{account}:log"
-
-
-def account_epoch(account: str) -> str:
-    """The account's epoch: set once, lost only if Redis loses the account's data."""
-    return f"account:{account}:epoch"
+LAYOUT = "hub:layout"
+"""Where a cluster deployment records its layout, so that a hub configured with another
+number of shards refuses to start instead of looking for every account in the wrong place."""
 
 
 def email(address: str) -> str:
@@ -27,9 +25,55 @@ def email(address: str) -> str:
     return f"email:{address}"
 
 
-def idempotency(account: str, publisher: str, key: str) -> str:
-    """A publish's idempotency key, holding the ID (and digest) of the event first published
-    with it. Keys are a publisher's own (the token's subject), so that two publishers' keys
-    never collide; any key maps to a fixed-length name of safe characters."""
-    scoped = f"{publisher}\0{key}".encode("utf-8", "surrogatepass")
-    return f"account:{account}:idempotency:{hashlib.sha256(scoped).hexdigest()[:32]}"
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The key names of one deployment: `shards` is 0 on a single node (the seed's names)."""
+
+    shards: int = 0
+
+    @property
+    def clustered(self) -> bool:
+        return self.shards > 0
+
+    @property
+    def signature(self) -> str:
+        """What `LAYOUT` holds for this layout."""
+        return f"shards={self.shards}"
+
+    def shard_of(self, account: str) -> int:
+        """The index shard an account's events are announced on (always 0 on a single node)."""
+        if not self.shards:
+            return 0
+        return zlib.crc32(account.encode("utf-8", "surrogatepass")) % self.shards
+
+    def index_shards(self) -> range:
+        return range(max(self.shards, 1))
+
+    def index(self, shard: int = 0) -> str:
+        """An index stream, fields `account` and `id`: one entry per published event."""
+        return f"hub:index:{{h{shard}}}" if self.shards else "hub:index"
+
+    def _account(self, account: str) -> str:
+        if not self.shards:
+            return f"account:{account}"
+        return f"account:{account}:{{h{self.shard_of(account)}}}"
+
+    def account_log(self, account: str) -> str:
+        """The account's event stream, fields `type` and `payload`."""
+        return f"{self._account(account)}:log"
+
+    def account_epoch(self, account: str) -> str:
+        """The account's epoch: set once, lost only if Redis loses the account's data."""
+        return f"{self._account(account)}:epoch"
+
+    def idempotency(self, account: str, publisher: str, key: str) -> str:
+        """A publish's idempotency key, holding the ID (and digest) of the event first
+        published with it. Keys are a publisher's own (the token's subject), so that two
+        publishers' keys never collide; any key maps to a fixed-length name of safe
+        characters."""
+        scoped = f"{publisher}\0{key}".encode("utf-8", "surrogatepass")
+        return f"{self._account(account)}:idempotency:{hashlib.sha256(scoped).hexdigest()[:32]}"
+
+
+SINGLE = Layout()
+"""The single-node layout: the seed's key names."""

@@ -94,6 +94,11 @@ class HubCollector(Collector):
             "Times the notifier read again after losing Redis (every session then rechecks)",
             value=stats.notifier_recoveries,
         )
+        yield CounterMetricFamily(
+            "hub_publishes_unreplicated",
+            "Publishes acknowledged without WAIT: the cluster shard had no replica left",
+            value=stats.unreplicated,
+        )
         yield _labelled(
             CounterMetricFamily,
             "hub_redis_errors",

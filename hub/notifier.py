@@ -3,6 +3,11 @@
 It never dies silently: on any Redis error it backs off, reconnects, continues from its last
 index ID (never from `$`), and then wakes every registered account, since whatever happened
 during the gap can only be learned from the accounts' own streams. `/readyz` reflects it.
+
+On a Redis Cluster the index is split into shards, each in its own slot, and a blocking XREAD
+may only name keys of one slot: a process runs one poller per shard, each continuing from its
+own last ID and waking the accounts of its shard, also when another node took its shard over
+(a failover or a slot move).
 """
 
 from __future__ import annotations
@@ -43,12 +48,15 @@ class Notifier:
         *,
         block_ms: int,
         batch: int,
+        shard: int = 0,
         clock: Callable[[], float] = time.monotonic,
-        on_doubt: Callable[[], None] | None = None,
+        on_doubt: Callable[[Callable[[str], bool]], None] | None = None,
         stats: Stats | None = None,
     ) -> None:
         self._stats = stats or Stats()
         self._store = store
+        self.shard = shard
+        self._serving: str | None = None  # the node serving the shard at the last read
         self._registry = registry
         self._block_ms = block_ms
         self._batch = batch
@@ -66,7 +74,8 @@ class Notifier:
 
     async def start_position(self) -> None:
         """Pin the index position before sessions are accepted, so no event slips between."""
-        self.position = await self._store.index_tail()
+        self.position = await self._store.index_tail(self.shard)
+        self.last_read_at = self._clock()  # the index answered: ready, the loop reads next
 
     def stop(self) -> None:
         """End `run` at its next step. Cancelling its task is not enough on its own: redis-py
@@ -90,18 +99,35 @@ class Notifier:
                 in_doubt = failed = True
                 self._stats.redis_errors["notifier"] += 1
                 delay = backoff.next_delay()
-                log.warning("notifier_redis_error", error=str(error), retry_in=round(delay, 2))
+                log.warning(
+                    "notifier_redis_error",
+                    shard=self.shard,
+                    error=str(error),
+                    retry_in=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
             except Exception:
                 in_doubt = True
                 log.exception("notifier_failed")
                 await asyncio.sleep(backoff.next_delay())
 
+    def _mine(self, account: str) -> bool:
+        """Whether an account's events are announced on this poller's shard."""
+        return self._store.layout.shard_of(account) == self.shard
+
+    def _wake_all(self) -> int:
+        """Wake every registered account of this shard."""
+        return self._registry.wake([a for a in self._registry.accounts() if self._mine(a)])
+
     async def _read_once(self, *, in_doubt: bool) -> None:
         assert self.position is not None
         before = self.position
+        serving = self._store.serving(self.shard)
+        if serving != self._serving:
+            in_doubt = True  # another node took the shard over: it may lack what was read
+            self._serving = serving
         block = None if in_doubt else self._block_ms
-        entries = await self._store.read_index(before, self._batch, block)
+        entries = await self._store.read_index(before, self._batch, block, self.shard)
         self.last_read_at = self._clock()
         self._stats.notifier_reads += 1
         self._stats.notifier_batch.observe(len(entries))
@@ -109,9 +135,9 @@ class Notifier:
             # Redis may have lost data meanwhile: sessions check their positions before they
             # read on (told first, then woken).
             if self._on_doubt is not None:
-                self._on_doubt()
-            woken = self._registry.wake_all()
-            log.info("notifier_reading", position=str(before), woke=woken)
+                self._on_doubt(self._mine)
+            woken = self._wake_all()
+            log.info("notifier_reading", shard=self.shard, position=str(before), woke=woken)
         if not entries:
             return
         self.position = StreamId.parse(entries[-1][0])
@@ -119,6 +145,8 @@ class Notifier:
         # A short batch proves nothing was trimmed unread (the index keeps far more than a
         # batch). A full one means we lag: if the index was trimmed past where we were,
         # wake everyone rather than guess.
-        if len(entries) >= self._batch and (await self._store.index_head()).lost_after(before):
-            log.warning("notifier_overrun", position=str(before))
-            self._registry.wake_all()
+        if len(entries) >= self._batch and (await self._store.index_head(self.shard)).lost_after(
+            before
+        ):
+            log.warning("notifier_overrun", shard=self.shard, position=str(before))
+            self._wake_all()

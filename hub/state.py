@@ -28,7 +28,8 @@ SHARED_METRICS = web.AppKey("shared_metrics", SharedMetrics)
 """Set in a worker of several: where they all write their numbers (hub/sharedstats.py)."""
 REDIS_URL = web.AppKey("redis_url", str)
 STORE = web.AppKey("store", Store)
-NOTIFIER = web.AppKey("notifier", Notifier)
+NOTIFIERS = web.AppKey[list[Notifier]]("notifiers")
+"""The process's pollers of the index: one, or one per index shard on a Redis Cluster."""
 READER = web.AppKey("reader", Reader)
 STREAM_STATES = web.AppKey[Coalesced[tuple[str, StreamId], StreamState]]("stream_states")
 """An account's epoch and stream head at a socket's open, and whether the stream holds the

@@ -63,6 +63,7 @@ class Stats:
     stream_reads: int = 0  # positions read from account streams
     notifier_reads: int = 0
     notifier_recoveries: int = 0  # the notifier read again after losing Redis
+    unreplicated: int = 0  # publishes acknowledged by a cluster shard that had no replica
     redis_errors: Counter[str] = field(default_factory=Counter)  # by where they were met
     publish_seconds: Histogram = field(default_factory=lambda: Histogram(PUBLISH_BUCKETS))
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
@@ -89,7 +90,14 @@ class Gauges:
 
 
 _COUNTERS = ("opened", "closed", "refused", "published", "redis_errors")
-_TOTALS = ("rate_limited", "delivered", "stream_reads", "notifier_reads", "notifier_recoveries")
+_TOTALS = (
+    "rate_limited",
+    "delivered",
+    "stream_reads",
+    "notifier_reads",
+    "notifier_recoveries",
+    "unreplicated",
+)
 _HISTOGRAMS = ("publish_seconds", "delivery_lag", "notifier_batch")
 
 

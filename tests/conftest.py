@@ -14,7 +14,14 @@ from hub import logs
 from hub.app import create_app
 from hub.config import AuthMode, Settings
 from hub.server import HubRunner
-from tests.support import HUB_LOGS, SECRET, RedisServer, free_port, secrets_in_logs
+from tests.support import (
+    HUB_LOGS,
+    SECRET,
+    RedisCluster,
+    RedisServer,
+    free_port,
+    secrets_in_logs,
+)
 
 
 class HubTestServer(TestServer):
@@ -25,8 +32,22 @@ class HubTestServer(TestServer):
         return HubRunner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
+BOTH_BACKENDS = {"test_ws", "test_http", "test_invariants"}
+"""The suites that run against a single Redis node and against a Redis Cluster."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test of BOTH_BACKENDS on the shared Redis runs twice: single node, then cluster.
+    (A test of one node's own behaviour, e.g. its commands counted or a restart of it, asks
+    for `single_redis` or `own_redis` instead and runs once.)"""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    names = metafunc.fixturenames
+    if module in BOTH_BACKENDS and "redis_server" in names and "single_redis" not in names:
+        metafunc.parametrize("backend", ["single", "cluster"], indirect=True)
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def single_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the whole run, on a free loopback port."""
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
@@ -34,10 +55,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One real Redis Cluster (3 masters, 3 replicas) for the whole run."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The shared server, emptied for each test."""
-    redis_server.client().flushall()
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "single")
+
+
+@pytest.fixture
+def redis_server(backend: str, request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    """The shared Redis of this test's backend, emptied for it."""
+    server: RedisServer | RedisCluster = request.getfixturevalue(f"{backend}_redis")
+    server.flushall()
+    return server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer | RedisCluster) -> str:
     return redis_server.url
 
 

@@ -23,10 +23,16 @@ import redis
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from hub.auth import mint
+from hub.config import Settings
 from hub.embedded import die_with_parent
+from hub.keys import SINGLE, Layout
 
 SECRET = "test-secret-that-is-at-least-32-characters-long"
 REDIS_BINARY = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+CLUSTER_CREATE_OPTIONS = ("--cluster-replicas", "1", "--cluster-yes")
+CLUSTER_LAYOUT = Layout(Settings().index_shards)
+"""The key layout a hub with default settings uses on a cluster."""
 
 
 def free_port() -> int:
@@ -38,12 +44,17 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on a free loopback port that tests can stop, kill and restart."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    layout = SINGLE
+
+    def __init__(
+        self, directory: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()
+    ) -> None:
         if REDIS_BINARY is None:
             raise RuntimeError("redis-server is not installed: run ./run setup (or apt-get)")
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,6 +72,7 @@ class RedisServer:
             "--dir", str(self.directory), "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--maxclients", "10000", "--logfile", str(self.directory / "redis.log"),
+            *self.extra,
         ]
         # fmt: on
         # Dies with the test run, even a killed one (the fork happens on the main thread).
@@ -98,6 +110,140 @@ class RedisServer:
         """`INFO commandstats` as {command: calls}."""
         stats = self.client().info("commandstats")
         return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    def flushall(self) -> None:
+        self.client().flushall()
+
+
+class RedisCluster:
+    """A real Redis Cluster of `masters` masters with one replica each, on loopback ports.
+
+    Failure detection is fast (1 s node timeout) and a replica always may take over, however
+    long it was cut off, so that tests can kill a master and watch the failover.
+    """
+
+    layout = CLUSTER_LAYOUT
+
+    def __init__(self, directory: Path, *, masters: int = 3, appendonly: bool = False) -> None:
+        self.nodes = [
+            RedisServer(directory / f"node{n}", appendonly=appendonly) for n in range(masters * 2)
+        ]
+        for node in self.nodes:
+            # fmt: off
+            node.extra = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node.directory / "nodes.conf"),
+                "--cluster-port", str(free_port()),  # else port + 10000, which may not exist
+                "--cluster-node-timeout", "1000",
+                "--cluster-replica-validity-factor", "0",
+                "--cluster-allow-reads-when-down", "no",
+            )
+            # fmt: on
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [str(REDIS_CLI), "--cluster", "create", *addresses, *CLUSTER_CREATE_OPTIONS],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_healthy()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.live()[0].port, socket_timeout=10)
+
+    def live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that serve slots now."""
+        return [
+            node
+            for node in self.live()
+            if node.client().info("replication")["role"] == "master" and _owns_slots(node)
+        ]
+
+    def master_of(self, key: str) -> RedisServer:
+        slot = self.client().keyslot(key)
+        for node in self.masters():
+            for start, end in _slot_ranges(node):
+                if start <= slot <= end:
+                    return node
+        raise LookupError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        master_id = master.client().execute_command("CLUSTER", "MYID").decode()
+        for node in self.live():
+            info = node.client().info("replication")
+            if info["role"] == "slave" and node.client().execute_command(
+                "CLUSTER", "NODES"
+            ).decode().count(f"myself,slave {master_id}"):
+                return node
+        raise LookupError(f"master {master.port} has no live replica")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Every live node sees the cluster `ok` and the same slot map, and every replica is
+        in sync with its master."""
+
+        def healthy() -> bool:
+            try:
+                views = set()
+                for node in self.live():
+                    client = node.client()
+                    if client.cluster("info")["cluster_state"] != "ok":
+                        return False
+                    info = client.info("replication")
+                    if info["role"] == "slave" and info["master_link_status"] != "up":
+                        return False
+                    views.add(repr(sorted(client.execute_command("CLUSTER", "SLOTS"))))
+                return len(views) == 1  # every node has heard of every change
+            except redis.RedisError:
+                return False
+
+        wait_for(healthy, timeout)
+
+    def flushall(self) -> None:
+        for node in self.masters():
+            node.client().flushall()
+
+    def command_calls(self) -> dict[str, int]:
+        """`INFO commandstats` of every master, added up."""
+        total: dict[str, int] = {}
+        for node in self.masters():
+            for name, calls in node.command_calls().items():
+                total[name] = total.get(name, 0) + calls
+        return total
+
+
+def _slot_ranges(node: RedisServer) -> list[tuple[int, int]]:
+    line = next(
+        line
+        for line in node.client().execute_command("CLUSTER", "NODES").decode().splitlines()
+        if "myself" in line
+    )
+    ranges = []
+    for part in line.split()[8:]:
+        if part.startswith("["):
+            continue  # a slot being migrated
+        start, _, end = part.partition("-")
+        ranges.append((int(start), int(end or start)))
+    return ranges
+
+
+def _owns_slots(node: RedisServer) -> bool:
+    return bool(_slot_ranges(node))
 
 
 def token(subject: str, publish: Any = (), ttl: float = 3600) -> str:
@@ -201,27 +347,42 @@ class Monitor:
 
 
 def publish_many(
-    redis_client: redis.Redis, account: str, payloads: list[Any], retention: int = 10_000
+    redis_client: redis.Redis | redis.RedisCluster,
+    account: str,
+    payloads: list[Any],
+    retention: int = 10_000,
 ) -> list[str]:
     """Publish through the hub's own script in one pipeline: stored, indexed, notified."""
     return publish_pairs(redis_client, [(account, p) for p in payloads], retention)
 
 
 def publish_pairs(
-    redis_client: redis.Redis, events: list[tuple[str, Any]], retention: int = 10_000
+    redis_client: redis.Redis | redis.RedisCluster,
+    events: list[tuple[str, Any]],
+    retention: int = 10_000,
 ) -> list[str]:
     """Publish (account, payload) pairs through the publish script in one transaction: the
-    notifier sees them all in one batch."""
-    from hub import keys
+    notifier sees them all in one batch (on a cluster: one pipeline, per shard)."""
     from hub.store import PUBLISH_SCRIPT
 
-    script = redis_client.register_script(PUBLISH_SCRIPT)
-    pipe = redis_client.pipeline(transaction=True)
+    clustered = isinstance(redis_client, redis.RedisCluster)
+    layout = CLUSTER_LAYOUT if clustered else SINGLE
+    sha = redis_client.script_load(PUBLISH_SCRIPT)  # on a cluster: on every master
+    pipe = redis_client.pipeline(transaction=not clustered)
     for account, payload in events:
-        script(
-            keys=[keys.account_log(account), keys.INDEX, keys.account_epoch(account)],
-            args=[account, "Bulk", orjson.dumps(payload), retention, 100_000],
-            client=pipe,
+        index = layout.index(layout.shard_of(account))
+        pipe.execute_command(
+            "EVALSHA",
+            sha,
+            3,
+            layout.account_log(account),
+            index,
+            layout.account_epoch(account),
+            account,
+            "Bulk",
+            orjson.dumps(payload),
+            retention,
+            100_000,
         )
     return [entry_id.decode() for entry_id in pipe.execute()]
 

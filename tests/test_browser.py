@@ -251,7 +251,7 @@ async def test_pages_resume_across_a_hub_restart_with_nothing_lost_or_repeated(
             assert len(seen["welcomes"]) >= 2, "the page never reconnected"
             assert all(welcome["recovered"] for welcome in seen["welcomes"])
             assert seen["resets"] == []
-        assert redis.xlen(keys.account_log("r2")) == len(expected["r2"])  # the page's: once
+        assert redis.xlen(keys.SINGLE.account_log("r2")) == len(expected["r2"])  # the page's: once
     finally:
         await hub.drain()
 

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from loadlib import hostile, raw
 
 from hub.config import Settings
-from hub.state import NOTIFIER, SESSIONS
+from hub.state import NOTIFIERS, SESSIONS
 from hub.websocket import CLOSE_TIMEOUT, HubWebSocket
 from tests.support import (
     SECRET,
@@ -172,7 +172,7 @@ async def test_a_position_lost_by_redis_is_reported_without_an_epoch(
     before = publish_many(own_redis.client(), "7", [1, 2, 3])
     own_redis.restart()
     after = publish_many(own_redis.client(), "7", [4, 5])
-    await wait_until(client.app[NOTIFIER].healthy, what="the notifier")
+    await wait_until(client.app[NOTIFIERS][0].healthy, what="the notifier")
     ws = await client.ws_connect(f"/ws/7?last_id={before[1]}", headers=bearer("7"))
     welcome = await receive_json(ws)
     assert welcome["recovered"] is False

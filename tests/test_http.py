@@ -168,7 +168,7 @@ async def test_fifty_simultaneous_reservations_of_one_address_make_one_account(
     assert statuses.count(201) == 1
     assert statuses.count(409) == 49
     owner = redis_server.client().get("email:race@example.com")
-    assert redis_server.client().xlen(f"account:{owner.decode()}:log") == 1
+    assert redis_server.client().xlen(redis_server.layout.account_log(owner.decode())) == 1
 
 
 async def test_a_failed_event_write_releases_the_reservation(
@@ -177,7 +177,7 @@ async def test_a_failed_event_write_releases_the_reservation(
     redis = redis_server.client()
     # The next account's stream key already holds another type: the XADD in the script fails.
     next_id = int(redis.get("account_id") or 0) + 1
-    redis.set(f"account:{next_id}:log", "not a stream")
+    redis.set(redis_server.layout.account_log(str(next_id)), "not a stream")
     response = await client.post("/accounts", json={"email": "x@y.io"}, headers=bearer("svc", "*"))
     assert (response.status, (await response.json())["error"]) == (500, "internal")
     assert redis.get("email:x@y.io") is None
@@ -213,15 +213,16 @@ async def test_a_publish_repeated_with_its_idempotency_key_stores_nothing(
     assert "Idempotent-Replayed" not in first.headers
     assert (await again.json())["id"] == (await first.json())["id"]
     redis = redis_server.client()
-    assert redis.xlen("account:a:log") == 1
+    assert redis.xlen(redis_server.layout.account_log("a")) == 1
 
     # Keys are per account; and forgotten after the window.
     other = await client.post("/accounts/b/events", json=body, headers=headers)
     assert other.status == 201
-    await wait_until(lambda: not redis.keys("account:a:idempotency:*"), what="the key to expire")
+    expiring = redis_server.layout.idempotency("a", "svc", "order-42/attempt")
+    await wait_until(lambda: not redis.exists(expiring), what="the key to expire")
     later = await client.post("/accounts/a/events", json=body, headers=headers)
     assert later.status == 201
-    assert redis.xlen("account:a:log") == 2
+    assert redis.xlen(redis_server.layout.account_log("a")) == 2
 
 
 async def test_idempotency_keys_are_each_publisher_s_own_and_name_one_event(
@@ -240,7 +241,7 @@ async def test_idempotency_keys_are_each_publisher_s_own_and_name_one_event(
         "/accounts/a/events", json={"type": "T", "payload": 2}, headers=mine
     )
     assert (changed.status, (await changed.json())["error"]) == (422, "idempotency_key_reused")
-    assert redis_server.client().xlen("account:a:log") == 2
+    assert redis_server.client().xlen(redis_server.layout.account_log("a")) == 2
 
 
 async def test_a_redis_that_refuses_writes_gives_503_and_stores_nothing(

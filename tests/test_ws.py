@@ -264,7 +264,9 @@ async def test_a_lost_account_gets_a_new_epoch_and_is_not_recovered(
     ids = [await publish(client, "1", n) for n in range(3)]
     ws = await connect(client, "1")
     epoch = ws.welcome["epoch"]
-    redis_server.client().delete("account:1:log", "account:1:epoch")  # Redis lost the account
+    layout = redis_server.layout
+    redis_server.client().delete(layout.account_log("1"))  # Redis lost the account
+    redis_server.client().delete(layout.account_epoch("1"))
     again = await connect(client, "1", f"?last_id={ids[-1]}&epoch={epoch}")
     assert again.welcome["recovered"] is False
     assert again.welcome["epoch"] != epoch
@@ -288,8 +290,10 @@ async def test_foreign_plain_text_payloads_arrive_as_strings(
     client: Client, redis_server: RedisServer
 ) -> None:
     redis = redis_server.client()
-    redis.xadd("account:1:log", {"type": "Legacy", "payload": "plain words"})
-    redis.xadd("account:1:log", {"type": "Legacy", "payload": '{"json": true}'})
+    redis.xadd(redis_server.layout.account_log("1"), {"type": "Legacy", "payload": "plain words"})
+    redis.xadd(
+        redis_server.layout.account_log("1"), {"type": "Legacy", "payload": '{"json": true}'}
+    )
     ws = await connect(client, "1")
     events = await receive_events(ws, 2)
     assert [e["payload"] for e in events] == ["plain words", {"json": True}]
@@ -372,7 +376,7 @@ async def test_a_socket_publish_with_a_key_is_stored_once(
     [event] = [frame for frame in frames if "op" not in frame]
     assert acks[1] == {"op": "ack", "ref": 1, "id": event["id"]}
     assert acks[2] == {"op": "ack", "ref": 2, "id": event["id"], "replayed": True}
-    assert redis_server.client().xlen("account:7:log") == 1
+    assert redis_server.client().xlen(redis_server.layout.account_log("7")) == 1
     await ws.send_json({**message, "key": 5, "ref": 3})
     error = await receive_json(ws)
     assert (error["ref"], error["code"]) == (3, "invalid_idempotency_key")

@@ -428,9 +428,9 @@ class Publisher:
                         pipe.evalsha(
                             sha,
                             3,
-                            keys.account_log(account),
-                            keys.INDEX,
-                            keys.account_epoch(account),
+                            keys.SINGLE.account_log(account),
+                            keys.SINGLE.index(),
+                            keys.SINGLE.account_epoch(account),
                             account,
                             EVENT_TYPE,
                             payload,
