@@ -99,6 +99,12 @@ class HubCollector(Collector):
             "Publishes acknowledged without WAIT: the cluster shard had no replica left",
             value=stats.unreplicated,
         )
+        yield CounterMetricFamily(
+            "hub_index_shard_moves",
+            "Times an index shard was found served by another Redis node (a failover or a slot"
+            " move): its accounts' sessions then recheck their positions",
+            value=stats.shard_moves,
+        )
         yield _labelled(
             CounterMetricFamily,
             "hub_redis_errors",

@@ -124,7 +124,11 @@ class Notifier:
         before = self.position
         serving = self._store.serving(self.shard)
         if serving != self._serving:
-            in_doubt = True  # another node took the shard over: it may lack what was read
+            if self._serving is not None:
+                # Another node took the shard over: it may lack what was read from the last.
+                log.warning("index_shard_moved", shard=self.shard, to=serving)
+                self._stats.shard_moves += 1
+            in_doubt = True
             self._serving = serving
         block = None if in_doubt else self._block_ms
         entries = await self._store.read_index(before, self._batch, block, self.shard)

@@ -64,6 +64,7 @@ class Stats:
     notifier_reads: int = 0
     notifier_recoveries: int = 0  # the notifier read again after losing Redis
     unreplicated: int = 0  # publishes acknowledged by a cluster shard that had no replica
+    shard_moves: int = 0  # an index shard found served by another node (failover, slot move)
     redis_errors: Counter[str] = field(default_factory=Counter)  # by where they were met
     publish_seconds: Histogram = field(default_factory=lambda: Histogram(PUBLISH_BUCKETS))
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
@@ -97,6 +98,7 @@ _TOTALS = (
     "notifier_reads",
     "notifier_recoveries",
     "unreplicated",
+    "shard_moves",
 )
 _HISTOGRAMS = ("publish_seconds", "delivery_lag", "notifier_batch")
 

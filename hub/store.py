@@ -144,8 +144,12 @@ async def layout_of(url: str, shards: int) -> Layout:
 
 
 async def close(client: Client) -> None:
+    """Close every connection of `client`. (A cluster's client skips its nodes while it
+    means to reread the slots after an error: they are closed here all the same.)"""
     if isinstance(client, aioredis.RedisCluster):
         await client.aclose()
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
     else:
         await client.aclose(close_connection_pool=True)
 
