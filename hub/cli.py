@@ -52,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--key", help="idempotency key: a repeat within HUB_IDEMPOTENCY_WINDOW stores nothing"
     )
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy a single Redis node's accounts into a Redis Cluster (resumable)",
+        description="Copy a single Redis node's accounts (streams with their IDs, epochs, "
+        "idempotency keys, email reservations, the account ID sequence) into the cluster "
+        "layout with HUB_INDEX_SHARDS shards. Running it again copies only what is new.",
+    )
+    migrate.add_argument("--from", dest="source", required=True, help="the single node's URL")
+    migrate.add_argument("--to", dest="target", required=True, help="any cluster node's URL")
     return parser
 
 
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sys.exit(INTERRUPTED)
         elif args.command == "token":
             print(_token(settings, args.subject, args.publish, args.ttl))
+        elif args.command == "migrate":
+            print(asyncio.run(_migrate(settings, args.source, args.target)))
         else:
             published = _publish(settings, args.account, args.type, args.payload, args.key)
             print(asyncio.run(published))
@@ -99,6 +111,24 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: str 
     structlog.contextvars.bind_contextvars(worker=int(worker))  # on every line it logs
     app = create_app(settings, shared_metrics=Path(os.environ[METRICS_ENV]))
     return asyncio.run(serve(app, settings, reuse_port=True))
+
+
+async def _migrate(settings: Settings, source: str, target: str) -> str:
+    from redis.exceptions import RedisError
+
+    from hub.migrate import migrate
+
+    try:
+        done = await migrate(source, target, settings.index_shards, sys.stderr)
+    except (RedisError, OSError) as error:
+        raise HubError(f"migration stopped (run it again to resume): {error}") from None
+    summary = (
+        f"migrated {done.done:,} accounts: {done.events:,} events copied, "
+        f"{done.idempotency_keys:,} idempotency keys, {done.emails:,} email reservations"
+    )
+    if done.conflicts:
+        summary += f"; {done.conflicts:,} email reservations on the target name other accounts"
+    return summary
 
 
 def _token(settings: Settings, subject: str, publish: str, ttl: int) -> str:

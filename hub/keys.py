@@ -11,6 +11,7 @@ number of shards.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -72,8 +73,48 @@ class Layout:
         publishers' keys never collide; any key maps to a fixed-length name of safe
         characters."""
         scoped = f"{publisher}\0{key}".encode("utf-8", "surrogatepass")
-        return f"{self._account(account)}:idempotency:{hashlib.sha256(scoped).hexdigest()[:32]}"
+        return self.idempotency_by_digest(account, hashlib.sha256(scoped).hexdigest()[:32])
+
+    def idempotency_by_digest(self, account: str, digest: str) -> str:
+        """An idempotency key's name from the digest its name ends with (a migration)."""
+        return f"{self._account(account)}:idempotency:{digest}"
 
 
 SINGLE = Layout()
 """The single-node layout: the seed's key names."""
+
+
+_SEED_ACCOUNT_KEY = re.compile(
+    r"account:(?P<account>[^:{}]+):(?P<kind>log|epoch|idempotency:(?P<digest>[0-9a-f]{32}))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    """What a single node's account key names: `kind` is log, epoch or idempotency."""
+
+    account: str
+    kind: str
+    digest: str = ""
+
+    def on(self, layout: Layout) -> str:
+        """The same key's name in `layout`."""
+        if self.kind == "log":
+            return layout.account_log(self.account)
+        if self.kind == "epoch":
+            return layout.account_epoch(self.account)
+        return layout.idempotency_by_digest(self.account, self.digest)
+
+
+def parse_single(name: str) -> AccountKey | None:
+    """The account key a single node's key name is, or None for any other name."""
+    found = _SEED_ACCOUNT_KEY.fullmatch(name)
+    if found is None:
+        return None
+    kind = found["kind"].partition(":")[0]
+    return AccountKey(found["account"], kind, found["digest"] or "")
+
+
+SEED_ACCOUNT_KEYS = "account:*"
+SEED_EMAILS = "email:*"
+"""SCAN patterns of a single node's account keys and email reservations."""
