@@ -1,0 +1,89 @@
+"""Races the delivery engine guards against, each set up exactly, on a real Redis: a read
+shared only when it started after the account's last wake, and a notifier that lagged past the
+index's trim waking everyone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hub.events import encode_payload
+from hub.ids import ZERO, StreamId
+from hub.notifier import Notifier
+from hub.reads import Reader
+from hub.registry import Registry, Signal
+from hub.stats import Stats
+from hub.store import Store, close, connect
+from tests.support import RedisServer
+
+
+class GatedStore(Store):
+    """A store whose stream reads, once Redis answered, wait for the test to let them return:
+    the moment between a read's reply and its delivery, held open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.answered = asyncio.Event()
+
+    async def read_many(self, positions: Any, count: int) -> Any:
+        found = await super().read_many(positions, count)
+        self.answered.set()
+        await self.gate.wait()
+        return found
+
+
+@pytest.fixture
+async def redis(single_redis: RedisServer) -> AsyncIterator[Any]:
+    single_redis.flushall()
+    client = connect(single_redis.url, pool_size=4, socket_timeout=5)
+    yield client
+    await close(client)
+
+
+async def test_a_read_answered_before_a_wake_is_not_shared_after_it(redis: Any) -> None:
+    """Socket A's read of an account has been answered (nothing new) but not yet delivered
+    when an event arrives and wakes the account. Socket B, woken by it, must not join A's
+    read, which cannot hold the event: it reads again (`Registry.woken_at`)."""
+    store = GatedStore(redis, retention=100, index_retention=100)
+    registry = Registry()
+    registry.register("acc", Signal())  # the sockets' signals: a wake stamps the account
+    registry.register("acc", Signal())
+    reader = Reader(store, registry, 10, Stats())
+    first = asyncio.create_task(reader.read("acc", ZERO))
+    await asyncio.wait_for(store.answered.wait(), 5)
+
+    published = await store.publish("acc", "T", encode_payload(1))
+    registry.wake(["acc"])  # as the notifier does on the event's index entry
+    second = asyncio.create_task(reader.read("acc", ZERO))
+    await asyncio.sleep(0)  # let the second read be asked for (no time passes)
+    store.gate.set()
+
+    assert (await first).ids == []
+    assert [i.decode() for i in (await second).ids] == [published.id]
+
+
+async def test_a_notifier_that_lags_past_the_index_trim_wakes_every_account(redis: Any) -> None:
+    """The notifier's next entries are not the next ones published: the index was trimmed
+    past its position while it lagged, so the accounts of the trimmed entries are unknown.
+    It wakes every account rather than guess."""
+    store = Store(redis, retention=100, index_retention=10)
+    registry = Registry()
+    quiet = Signal()
+    registry.register("quiet", quiet)
+    notifier = Notifier(store, registry, block_ms=100, batch=10)
+    await notifier.start_position()
+    await notifier._read_once(in_doubt=True)  # the loop's first read: it wakes everyone
+    assert quiet.take()
+
+    await store.publish("quiet", "T", encode_payload("its only event"))
+    for n in range(300):  # far past the index's retention: the entry above is trimmed
+        await store.publish(f"busy{n}", "T", encode_payload(n))
+    index = await store.index_head()
+    assert index.lost_after(notifier.position or StreamId(0, 0))
+
+    await notifier._read_once(in_doubt=False)  # one read, as the loop does when not in doubt
+    assert quiet.pending
