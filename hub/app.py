@@ -204,12 +204,13 @@ async def _layout(settings: Settings, url: str) -> Layout:
     """The cluster layout when `url` names a Redis Cluster node, else the seed's names.
     (Unreachable at start: a single node is assumed, and said so.)"""
     try:
-        return await layout_of(url, settings.index_shards)
+        return await layout_of(url, settings.index_shards, settings.redis_mode)
     except (RedisError, OSError) as error:
         log.warning(
             "redis_mode_unknown",
             error=str(error),
-            detail="Redis did not answer at start: a single node is assumed",
+            detail="Redis did not answer at start: a single node is assumed (set "
+            "HUB_REDIS_MODE=cluster or single to say which)",
         )
         return SINGLE
 

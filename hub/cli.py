@@ -128,6 +128,12 @@ async def _migrate(settings: Settings, source: str, target: str) -> str:
     )
     if done.conflicts:
         summary += f"; {done.conflicts:,} email reservations on the target name other accounts"
+    if done.diverged:
+        shown = ", ".join(done.diverged[:10]) + (" …" if len(done.diverged) > 10 else "")
+        summary += (
+            f"; {len(done.diverged):,} accounts left as they are, written on the cluster since "
+            f"the cut-over: {shown}"
+        )
     return summary
 
 
@@ -161,14 +167,14 @@ async def _publish(
     data = _payload(payload)
     url = settings.redis_url or require_running(settings.data_dir)
     try:
-        layout = await layout_of(url, settings.index_shards)
+        layout = await layout_of(url, settings.index_shards, settings.redis_mode)
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     redis = connect(url, pool_size=1, socket_timeout=10, cluster=layout.clustered)
     try:
-        published = await Store.configured(redis, settings, layout).publish(
-            account, event_type, data, key=key
-        )
+        store = Store.configured(redis, settings, layout)
+        await store.check_layout(record=False)  # also learns a cluster's slots
+        published = await store.publish(account, event_type, data, key=key)
         return published.id
     except (RedisError, OSError) as error:
         raise HubError(f"cannot publish through {url}: {error}") from None

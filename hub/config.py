@@ -50,6 +50,7 @@ class Settings:
     max_sockets_per_account: int = 100
     publish_rate: int = 100  # socket publishes per second, burst of twice that
     workers: int = 1  # processes serving the port (hub/supervisor.py); `auto`: one per core
+    redis_mode: str = "auto"  # single, cluster, or auto: asked of Redis at start
     # Redis Cluster only (hub/keys.py, hub/store.py).
     index_shards: int = 16  # index streams, each in its own slot; fixed for a deployment
     wait_replicas: int = 1  # replicas that must hold an event before it is acknowledged
@@ -150,6 +151,7 @@ def load_settings(
         ),
         publish_rate=get("HUB_PUBLISH_RATE", _int_at_least(0), default.publish_rate),
         workers=get("HUB_WORKERS", workers_count, default.workers),
+        redis_mode=get("HUB_REDIS_MODE", _redis_mode, default.redis_mode),
         index_shards=get("HUB_INDEX_SHARDS", _int_between(1, 16384), default.index_shards),
         wait_replicas=get("HUB_WAIT_REPLICAS", _int_at_least(0), default.wait_replicas),
         wait_timeout_ms=get("HUB_WAIT_TIMEOUT_MS", _int_between(1, 9_000), default.wait_timeout_ms),
@@ -223,6 +225,13 @@ def _int_between(minimum: int, maximum: int) -> Callable[[str, str], int]:
         return number
 
     return parse
+
+
+def _redis_mode(name: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("auto", "single", "cluster"):
+        raise ConfigError(f"{name} must be auto, single or cluster, got {value!r}")
+    return mode
 
 
 def _redis_url(name: str, value: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 import redis.asyncio as aioredis
@@ -43,6 +43,7 @@ class Progress:
     idempotency_keys: int = 0
     emails: int = 0
     conflicts: int = 0  # email reservations the target holds for another account
+    diverged: list[str] = field(default_factory=list)  # accounts written on the target since
 
     def line(self) -> str:
         share = f" ({100 * self.done // self.accounts}%)" if self.accounts else ""
@@ -128,6 +129,11 @@ class Migration:
             return  # gone meanwhile, or not a stream: nothing of the hub's
         last = _text(info["last-generated-id"])
         copied = await self._target_last(target_name)
+        if not await self._came_from_source(source_name, copied, info):
+            # Written on the cluster since the cut-over: its history has moved on, and the
+            # source's can no longer be merged in order. Left as it is, and reported.
+            self.progress.diverged.append(key.account)
+            return
         while _id(copied) < _id(last):
             entries = cast(
                 list[tuple[bytes, dict[Any, Any]]],
@@ -159,6 +165,18 @@ class Migration:
             "MAXDELETEDID",
             _text(info["max-deleted-entry-id"]),
         )
+
+    async def _came_from_source(self, name: str, copied: str, info: dict[Any, Any]) -> bool:
+        """Whether the target's newest entry `copied` is one the source holds, or held (it
+        trimmed it since): else the target was written to on its own."""
+        if copied == "0-0":
+            return True  # nothing copied yet
+        if _id(copied) > _id(_text(info["last-generated-id"])):
+            return False
+        first = info.get("first-entry")
+        if first and _id(copied) < _id(_text(first[0])):
+            return True  # trimmed on the source since it was copied
+        return bool(await self._source.xrange(name, min=copied, max=copied, count=1))
 
     async def _target_last(self, name: str) -> str:
         try:

@@ -19,6 +19,9 @@ if KEYS[4] then
     if string.sub(first, space + 1) ~= ARGV[7] then
       return {string.sub(first, 1, space - 1), 2}
     end
+    -- A write that changes nothing, so that a WAIT after this replay also covers the first
+    -- event's replication (Redis moves a client's WAIT offset only when it writes).
+    redis.call('SET', KEYS[4], first, 'KEEPTTL')
     return {string.sub(first, 1, space - 1), 1}
   end
 end

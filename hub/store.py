@@ -25,6 +25,7 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -60,8 +61,12 @@ _REFUSED = (
 _REFUSED_PREFIXES = ("MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS")
 _REDIRECTED = (MovedError, AskError, TryAgainError)
 """A cluster node's answers that nothing ran, since the slot is (being) served elsewhere."""
-REDIRECTS = 5
+REDIRECTS = 10
 """Redirections a publish follows before it answers `unavailable` (a slot moved meanwhile)."""
+TRY_AGAIN_AFTER = 0.05
+"""Seconds before a publish is sent again after TRYAGAIN (its slot's keys are moving)."""
+CHECKOUT_TIMEOUT = 10.0
+"""Seconds a publish waits for a free connection to a cluster node (as a single node's pool)."""
 REPLICAS_FRESH_FOR = 1.0
 """Seconds a primary's count of replicas in sync is trusted (one INFO per primary and
 second): a replica lost meanwhile makes publishes wait in vain, answered `outcome_unknown`."""
@@ -117,7 +122,11 @@ def connect(
         "driver_info": _DRIVER_INFO,
     }
     if cluster:
-        return aioredis.RedisCluster.from_url(url, max_connections=pool_size, **common)
+        # No reloading of every node's connections on repeated MOVED (redis-py's default every
+        # 5th): that would cut the publishes in flight to other nodes. A MOVED updates the slot.
+        return aioredis.RedisCluster.from_url(
+            url, max_connections=pool_size, reinitialize_steps=0, **common
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url, **tcp_only, max_connections=pool_size, timeout=10, **common
     )
@@ -137,10 +146,13 @@ async def is_cluster(url: str) -> bool:
     return bool(int(info.get("cluster_enabled", 0)))
 
 
-async def layout_of(url: str, shards: int) -> Layout:
+async def layout_of(url: str, shards: int, mode: str = "auto") -> Layout:
     """The key layout for the Redis at `url`: `shards` index shards on a cluster, else the
-    seed's names. Raises the connection's error when it cannot be reached."""
-    return Layout(shards) if await is_cluster(url) else SINGLE
+    seed's names; `mode` (HUB_REDIS_MODE) `single` or `cluster` says which without asking.
+    Raises the connection's error when it must ask and cannot reach it."""
+    if mode == "auto":
+        return Layout(shards) if await is_cluster(url) else SINGLE
+    return Layout(shards) if mode == "cluster" else SINGLE
 
 
 async def close(client: Client) -> None:
@@ -225,6 +237,8 @@ class Store:
         self._wait_timeout_ms = wait_timeout_ms
         self._stats = stats or Stats()
         self._replicas: dict[str, tuple[float, int]] = {}  # primary → (checked at, in sync)
+        self._pool_size = _pool_size(redis)
+        self._gates: dict[str, asyncio.Semaphore] = {}  # node → its free connections
         self._publish = redis.register_script(PUBLISH_SCRIPT)
         self._head = redis.register_script(_script("head.lua"))
         self._release = redis.register_script(_script("release.lua"))
@@ -252,12 +266,14 @@ class Store:
     async def ping(self) -> None:
         await self.redis.ping()
 
-    async def check_layout(self) -> None:
-        """Record the cluster layout, or raise `LayoutMismatch` when the data was written with
-        another number of shards (every account would be looked for in the wrong place)."""
+    async def check_layout(self, *, record: bool = True) -> None:
+        """Record the cluster layout (unless `record` is false), or raise `LayoutMismatch`
+        when the data was written with another number of shards (every account would be
+        looked for in the wrong place)."""
         if not self.layout.clustered:
             return
-        await self.redis.set(keys.LAYOUT, self.layout.signature, nx=True)
+        if record:
+            await self.redis.set(keys.LAYOUT, self.layout.signature, nx=True)
         found = cast(bytes | None, await self.redis.get(keys.LAYOUT))
         if found is not None and found.decode() != self.layout.signature:
             raise LayoutMismatch(
@@ -316,15 +332,19 @@ class Store:
                     node = cluster.get_node(*asking) or _new_node(cluster, *asking)
                 else:
                     node = cluster.get_node_from_key(log_key)
-            except RedisError as error:  # no node serves the slot right now
+            except (RedisError, RedisClusterException) as error:  # no node serves the slot
                 await _reread_slots(cluster)
                 raise Unavailable(f"Redis is unavailable: {error}") from None
             replicas = await self._replicas_to_wait_for(node)
             try:
-                return await self._publish_on(_NodePool(node), command, replicas, asking=asking)
+                pool = _NodePool(node, self._gate(node.name))
+                return await self._publish_on(pool, command, replicas, asking=asking)
             except AskError as error:
                 asking = (error.host, int(error.port))
-            except (MovedError, TryAgainError):
+            except TryAgainError:  # the slot's keys are being moved: a moment
+                asking = None
+                await asyncio.sleep(TRY_AGAIN_AFTER)
+            except MovedError:
                 asking = None
                 await _reread_slots(cluster)
             except Unavailable:
@@ -371,14 +391,30 @@ class Store:
         return reply
 
     async def _wait(self, connection: Any, replicas: int) -> None:
-        """WAIT on the publish's own connection (it waits for that client's writes)."""
-        await connection.send_command("WAIT", replicas, self._wait_timeout_ms)
-        confirmed = int(await connection.read_response())
+        """WAIT on the publish's own connection (it waits for that client's writes). The
+        event is stored by now: whatever goes wrong, its fate is unknown (504), never 503."""
+        try:
+            await connection.send_command("WAIT", replicas, self._wait_timeout_ms)
+            confirmed = int(await connection.read_response())
+        except (RedisError, OSError) as error:
+            await connection.disconnect()  # a late reply must not reach the next caller
+            raise OutcomeUnknown(
+                f"stored, but the replicas' confirmation did not come ({error}): a failover "
+                "may lose it"
+            ) from None
         if confirmed < replicas:
             raise OutcomeUnknown(
                 f"stored, but {confirmed} of {replicas} replicas confirmed it within "
                 f"{self._wait_timeout_ms} ms: a failover may lose it"
             )
+
+    def _gate(self, node: str) -> asyncio.Semaphore:
+        """What a publish waits on for one of the node's connections: the node's pool raises
+        at once when it has none free, where a single node's pool waits."""
+        gate = self._gates.get(node)
+        if gate is None:
+            gate = self._gates[node] = asyncio.Semaphore(self._pool_size)
+        return gate
 
     async def _replicas_to_wait_for(self, node: Any) -> int:
         """How many replicas a publish on `node` waits for: HUB_WAIT_REPLICAS, or fewer when
@@ -557,7 +593,7 @@ class Store:
             return ""
         try:
             node = self.redis.get_node_from_key(self.layout.index(shard))
-        except RedisError:
+        except (RedisError, RedisClusterException):
             return ""
         return node.name if node is not None else ""
 
@@ -573,23 +609,49 @@ async def _send(connection: Any, command: tuple[Any, ...], *, asking: bool) -> A
 
 
 class _NodePool:
-    """A cluster node's connections, checked out as from a single node's pool: connected
-    (and checked) before anything is sent."""
+    """A cluster node's connections, checked out as from a single node's pool: waiting for a
+    free one (up to CHECKOUT_TIMEOUT), connected and checked before anything is sent (a
+    connection the node closed meanwhile is replaced, as redis-py's own pool does)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, gate: asyncio.Semaphore) -> None:
         self._node = node
+        self._gate = gate
 
     async def get_connection(self) -> Any:
-        connection = self._node.acquire_connection()
+        try:
+            async with asyncio.timeout(CHECKOUT_TIMEOUT):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("no free connection to the node") from None
+        try:
+            connection = self._node.acquire_connection()
+        except BaseException:
+            self._gate.release()
+            raise
         try:
             await connection.connect()
+            try:
+                if await connection.can_read():
+                    raise RedisConnectionError("connection has unread data")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await connection.disconnect()
+                await connection.connect()
+                if await connection.can_read():
+                    raise RedisConnectionError("connection not ready") from None
         except BaseException:
-            self._node.release(connection)
+            await self.release(connection)
             raise
         return connection
 
     async def release(self, connection: Any) -> None:
         self._node.release(connection)
+        self._gate.release()
+
+
+def _pool_size(redis: Client) -> int:
+    if isinstance(redis, aioredis.RedisCluster):
+        return int(redis.nodes_manager.connection_kwargs.get("max_connections", 64))
+    return 0
 
 
 def _new_node(cluster: aioredis.RedisCluster, host: str, port: int) -> Any:

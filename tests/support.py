@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,10 +36,27 @@ CLUSTER_LAYOUT = Layout(Settings().index_shards)
 """The key layout a hub with default settings uses on a cluster."""
 
 
+LISTEN_PORTS = range(20_000, 32_768)
+"""Below the kernel's ephemeral range (32768 to 60999): a port picked there can be taken by any
+outgoing connection before the server binds it, and the suite opens thousands."""
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, outside the ephemeral range."""
+    while True:
+        port = random.choice(LISTEN_PORTS)
+        if port in _HANDED_OUT:  # perhaps not bound yet by the one it was handed to
+            continue
+        _HANDED_OUT.add(port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class RedisServer:

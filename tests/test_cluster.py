@@ -279,9 +279,11 @@ async def test_a_slot_move_under_load_loses_duplicates_and_reorders_nothing(
         assert not _slot_ranges(source)
 
     await _under_load(client, accounts, move, resets=False)
-    # Each moved shard's notifier noticed and had its sessions recheck their positions (a
-    # node taking a shard over may lack what was read from the last one).
-    assert client.app[STATS].shard_moves >= len(moved) > 0
+    # Each moved shard's notifier notices (after its next read, within a BLOCK) and has its
+    # sessions recheck their positions (a node taking a shard over may lack what was read).
+    assert moved
+    stats = client.app[STATS]
+    await wait_until(lambda: stats.shard_moves >= len(moved), timeout=15, what="the moves")
 
 
 def _reshard(source: Any, target: Any, slots: int) -> None:
@@ -392,3 +394,30 @@ def test_a_hub_configured_with_other_shards_refuses_to_start_in_one_line(
         "hub: error: this cluster holds data written with shards=16, the hub is configured "
         "with shards=8 (HUB_INDEX_SHARDS)"
     ], result.stderr
+
+
+def test_hub_publish_reaches_a_cluster_and_checks_its_layout(
+    cluster_redis: RedisCluster, tmp_path: Path
+) -> None:
+    """The command line publishes into the account's shard (hubs see it), and refuses, in
+    one line, a layout other than the one the data was written with."""
+    cluster_redis.flushall()
+    cluster_redis.client().set("hub:layout", "shards=16")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "REDIS_URL"))}
+    env |= {"HUB_DATA_DIR": str(tmp_path), "REDIS_URL": cluster_redis.url}
+    result = hub_command("publish", "7", "Greeting", '{"hi": 1}', env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    layout = cluster_redis.layout
+    client = cluster_redis.client()
+    [(entry_id, _)] = client.xrange(layout.account_log("7"))
+    assert entry_id.decode() == result.stdout.strip()
+    [(_, announced)] = client.xrange(layout.index(layout.shard_of("7")))
+    assert announced[b"account"] == b"7"
+
+    other = hub_command(
+        "publish", "7", "T", "1", env={**env, "HUB_INDEX_SHARDS": "8"}, cwd=tmp_path
+    )
+    assert other.returncode == 2
+    assert other.stderr.count("\n") == 1
+    assert "shards=16" in other.stderr
+    assert len(client.xrange(layout.account_log("7"))) == 1

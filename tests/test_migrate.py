@@ -135,3 +135,15 @@ async def test_a_deployment_copied_under_publishing_is_identical_and_clients_res
     assert (await receive_json(kept))["recovered"] is True
     replay = await new.post("/accounts/a/events", json={"type": "K"}, headers=keyed)
     assert replay.status == 200  # the idempotency key came along
+
+    # After the cut-over: "b" gets an event on the cluster, and a late one on the old node.
+    # Running the migration again must not merge the two histories, nor fail for good.
+    on_cluster = await new.post("/accounts/b/events", json={"type": "New"}, headers=admin)
+    assert on_cluster.status == 201
+    cluster_b = cluster_redis.client().xrange(RedisCluster.layout.account_log("b"))
+    own_redis.client().xadd(SINGLE.account_log("b"), {"type": "Late", "payload": "1"})
+    late = await _hub_migrate(own_redis.url, cluster_redis.url, tmp_path)
+    assert late[0] == 0, late[2]
+    assert "1 accounts left as they are" in late[1]
+    assert ": b" in late[1]
+    assert cluster_redis.client().xrange(RedisCluster.layout.account_log("b")) == cluster_b
