@@ -86,8 +86,12 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "hub_stream_reads", "Reads of account streams (positions)", value=stats.stream_reads
         )
-        yield CounterMetricFamily(
-            "hub_notifier_reads", "Reads of the index by the notifier", value=stats.notifier_reads
+        yield _labelled(
+            CounterMetricFamily,
+            "hub_notifier_reads",
+            "Reads of the index by the notifiers, by index shard (0 on a single Redis node)",
+            "shard",
+            stats.notifier_reads,
         )
         yield CounterMetricFamily(
             "hub_notifier_recoveries",

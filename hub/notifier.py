@@ -56,6 +56,7 @@ class Notifier:
         self._stats = stats or Stats()
         self._store = store
         self.shard = shard
+        self._shard_label = str(shard)
         self._serving: str | None = None  # the node serving the shard at the last read
         self._registry = registry
         self._block_ms = block_ms
@@ -133,7 +134,7 @@ class Notifier:
         block = None if in_doubt else self._block_ms
         entries = await self._store.read_index(before, self._batch, block, self.shard)
         self.last_read_at = self._clock()
-        self._stats.notifier_reads += 1
+        self._stats.notifier_reads[self._shard_label] += 1
         self._stats.notifier_batch.observe(len(entries))
         if in_doubt:
             # Redis may have lost data meanwhile: sessions check their positions before they

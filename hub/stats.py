@@ -61,7 +61,7 @@ class Stats:
     rate_limited: int = 0  # socket publishes refused by HUB_PUBLISH_RATE
     delivered: int = 0  # events written to clients
     stream_reads: int = 0  # positions read from account streams
-    notifier_reads: int = 0
+    notifier_reads: Counter[str] = field(default_factory=Counter)  # by index shard
     notifier_recoveries: int = 0  # the notifier read again after losing Redis
     unreplicated: int = 0  # publishes acknowledged by a cluster shard that had no replica
     shard_moves: int = 0  # an index shard found served by another node (failover, slot move)
@@ -90,12 +90,11 @@ class Gauges:
         self.queued_replies += other.queued_replies
 
 
-_COUNTERS = ("opened", "closed", "refused", "published", "redis_errors")
+_COUNTERS = ("opened", "closed", "refused", "published", "redis_errors", "notifier_reads")
 _TOTALS = (
     "rate_limited",
     "delivered",
     "stream_reads",
-    "notifier_reads",
     "notifier_recoveries",
     "unreplicated",
     "shard_moves",

@@ -377,7 +377,7 @@ async def test_the_notifier_stops_at_the_end_of_its_block_without_a_cancellation
     notifier = Notifier(store, Registry(), block_ms=200, batch=10, stats=stats)
     task = asyncio.create_task(notifier.run())
     try:
-        await wait_until(lambda: stats.notifier_reads >= 2, what="a blocking read")
+        await wait_until(lambda: sum(stats.notifier_reads.values()) >= 2, what="a blocking read")
         notifier.stop()
         await asyncio.wait_for(task, timeout=2)  # one BLOCK (0.2 s) at most
     finally:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -30,6 +33,9 @@ sys.path.insert(0, str(HERE))
 
 import loadtest  # noqa: E402
 from run import ROOT, free_port, start  # noqa: E402
+
+from hub.config import Settings  # noqa: E402
+from hub.keys import Layout  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -138,6 +144,7 @@ def measure(name: str, nodes: list[Node], masters: int, env: dict[str, str], arg
         ]
         summary = loadtest.Run(loadtest.parse_args(argv)).run()
         after = [(n.cpu_seconds(), n.calls()) for n in nodes]
+        index_reads = notifier_reads(port)
     finally:
         hub.terminate()
         hub.wait(timeout=15)
@@ -145,13 +152,17 @@ def measure(name: str, nodes: list[Node], masters: int, env: dict[str, str], arg
             os.environ.pop(key, None)
     seconds = max(summary["delivery_seconds"], 1e-9)
     per_node = []
-    for (cpu0, calls0), (cpu1, calls1) in zip(before[:masters], after[:masters], strict=True):
+    shards_of = shards_by_node(nodes[:masters])
+    for n, ((cpu0, calls0), (cpu1, calls1)) in enumerate(
+        zip(before[:masters], after[:masters], strict=True)
+    ):
         spent = {c: calls1.get(c, 0) - calls0.get(c, 0) for c in calls1}
         per_node.append(
             {
                 "cpu_percent": 100 * (cpu1 - cpu0) / seconds,
                 "publishes": spent.get("evalsha", 0),
                 "xreads": spent.get("xread", 0),
+                "index_reads": sum(index_reads.get(s, 0) for s in shards_of[n]),
             }
         )
     return {
@@ -164,6 +175,44 @@ def measure(name: str, nodes: list[Node], masters: int, env: dict[str, str], arg
         "failed": summary["publish_failed"],
         "nodes": per_node,
     }
+
+
+def notifier_reads(port: int) -> dict[int, int]:
+    """The hub's index reads by shard (`hub_notifier_reads_total{shard}`), since it started
+    (the idle seconds before the load add a few)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    reads = {}
+    for line in text.decode().splitlines():
+        found = re.fullmatch(r'hub_notifier_reads_total\{shard="(\d+)"\} ([\d.e+]+)', line)
+        if found:
+            reads[int(found[1])] = int(float(found[2]))
+    return reads
+
+
+def shards_by_node(masters: list[Node]) -> list[set[int]]:
+    """Which index shards each master serves (shard 0 alone on a single node)."""
+    if len(masters) == 1:
+        return [{0}]
+    layout = Layout(Settings().index_shards)
+    slots = {s: key_slot(layout.index(s).encode()) for s in layout.index_shards()}
+    served = []
+    for node in masters:
+        ranges = node_ranges(node)
+        served.append({s for s, slot in slots.items() if any(a <= slot <= b for a, b in ranges)})
+    return served
+
+
+def node_ranges(node: Node) -> list[tuple[int, int]]:
+    line = next(
+        line
+        for line in node.client.execute_command("CLUSTER", "NODES").decode().splitlines()
+        if "myself" in line
+    )
+    ranges = []
+    for part in line.split()[8:]:
+        start, _, end = part.partition("-")
+        ranges.append((int(start), int(end or start)))
+    return ranges
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -193,6 +242,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     for label, key, form in [
         ("Redis CPU % per master", "cpu_percent", "{:.0f}"),
         ("publishes (EVALSHA) per master", "publishes", "{:,}"),
+        ("index reads per master", "index_reads", "{:,}"),
         ("XREAD (index + streams) per master", "xreads", "{:,}"),
     ]:
         cells = [" / ".join(form.format(n[key]) for n in results[n_]["nodes"]) for n_ in names]
