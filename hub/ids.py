@@ -9,12 +9,25 @@ from hub.errors import BadRequest
 
 MAX_ACCOUNT_ID_LENGTH = 128
 _MAX_PART = 2**64 - 1
+# Control characters (C0, DEL, C1) and whitespace, spelled out: Python's `\s` and the one of
+# JSON Schema patterns (ECMA-262) are not the same set, and /openapi.json states these rules.
+BLANK_OR_CONTROL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # No key separators, glob or hash-tag characters, whitespace or control characters: an
 # account ID is spliced into key names, so it must never be able to forge another key.
-_FORBIDDEN = re.compile(r"[:*{}\s\x00-\x1f\x7f]")
+_FORBIDDEN = re.compile(f"[:*{{}}{BLANK_OR_CONTROL}]")
 # ASCII digits only: `\d` and `int()` also take other scripts' digits (fullwidth, Arabic-Indic,
 # superscripts).
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+STREAM_ID_PART = (
+    "(?:[0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}"
+    "|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}"
+    "|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}"
+    "|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}"
+    "|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]"
+    "|1844674407370955161[0-4]|18446744073709551615)"
+)
+"""A part of a stream ID as a pattern: 1-20 ASCII digits of a value up to 2^64 - 1 (what
+/openapi.json states; `StreamId.parse` checks the value itself)."""
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
@@ -114,7 +127,7 @@ def trimmed_past(first_retained: StreamId | None, position: StreamId) -> bool:
     return first_retained is not None and first_retained > position.next()
 
 
-_ADDRESS_PART = r"[^@\s\x00-\x1f\x7f-\x9f]+"  # no @, whitespace or control characters
+_ADDRESS_PART = f"[^@{BLANK_OR_CONTROL}]+"  # no @, whitespace or control characters
 _EMAIL = re.compile(rf"{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}")
 MAX_EMAIL_LENGTH = 254
 
