@@ -101,11 +101,12 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                pass
+            with self.client() as client:  # closed at once: no socket left to the collector
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    pass
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.kill()
                 raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
