@@ -11,7 +11,6 @@ from pathlib import Path
 
 import structlog
 from aiohttp import hdrs, web
-from redis.exceptions import RedisError
 
 from hub import logs
 from hub.admission import Admission
@@ -48,7 +47,7 @@ from hub.state import (
     STREAM_STATES,
 )
 from hub.stats import Stats
-from hub.store import Store, close, connect, layout_of
+from hub.store import REDIS_FAILURES, Store, close, connect, layout_of
 from hub.ws import routes as ws_routes
 
 log = structlog.get_logger(__name__)
@@ -147,7 +146,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     store = Store.configured(pool, settings, layout, app[STATS])
     try:
         await store.check_layout()
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         log.warning("redis_unavailable_at_start", error=str(error))
     except HubError:
         await close(pool)
@@ -168,7 +167,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
     for notifier in notifiers:
         try:
             await notifier.start_position()
-        except (RedisError, OSError) as error:
+        except REDIS_FAILURES as error:
             log.warning("redis_unavailable_at_start", shard=notifier.shard, error=str(error))
     app[STORE], app[NOTIFIERS] = store, notifiers
     app[READER] = reader = Reader(store, app[REGISTRY], settings.session_batch, app[STATS])
@@ -205,7 +204,7 @@ async def _layout(settings: Settings, url: str) -> Layout:
     (Unreachable at start: a single node is assumed, and said so.)"""
     try:
         return await layout_of(url, settings.index_shards, settings.redis_mode)
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         log.warning(
             "redis_mode_unknown",
             error=str(error),

@@ -114,13 +114,12 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: str 
 
 
 async def _migrate(settings: Settings, source: str, target: str) -> str:
-    from redis.exceptions import RedisError
-
     from hub.migrate import migrate
+    from hub.store import REDIS_FAILURES
 
     try:
         done = await migrate(source, target, settings.index_shards, sys.stderr)
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         raise HubError(f"migration stopped (run it again to resume): {error}") from None
     summary = (
         f"migrated {done.done:,} accounts: {done.events:,} events copied, "
@@ -155,10 +154,8 @@ def _payload(text: str) -> bytes:
 async def _publish(
     settings: Settings, account: str, event_type: str, payload: str, key: str | None
 ) -> str:
-    from redis.exceptions import RedisError
-
     from hub.embedded import require_running
-    from hub.store import Store, close, connect, layout_of
+    from hub.store import REDIS_FAILURES, Store, close, connect, layout_of
 
     validate_account_id(account)
     validate_type(event_type)
@@ -168,7 +165,7 @@ async def _publish(
     url = settings.redis_url or require_running(settings.data_dir)
     try:
         layout = await layout_of(url, settings.index_shards, settings.redis_mode)
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     redis = connect(url, pool_size=1, socket_timeout=10, cluster=layout.clustered)
     try:
@@ -176,7 +173,7 @@ async def _publish(
         await store.check_layout(record=False)  # also learns a cluster's slots
         published = await store.publish(account, event_type, data, key=key)
         return published.id
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         raise HubError(f"cannot publish through {url}: {error}") from None
     finally:
         await close(redis)

@@ -20,9 +20,9 @@ from typing import IO
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from hub.errors import HubError
+from hub.store import REDIS_FAILURES
 
 SOCKET_NAME = "redis.sock"
 LOCK_NAME = "hub.lock"
@@ -125,7 +125,7 @@ class EmbeddedRedis:
                     # Loading a large AOF answers -LOADING until done.
                     if await client.ping():
                         return
-                except (RedisError, OSError):
+                except REDIS_FAILURES:
                     pass
                 if time.monotonic() > deadline:
                     raise HubError(f"redis-server did not answer within {START_TIMEOUT:.0f} s")

@@ -15,7 +15,6 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
 
 from hub import publishing
 from hub.aio import uncancellable, within
@@ -40,7 +39,7 @@ from hub.ids import (
 )
 from hub.origins import CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS
 from hub.state import NOTIFIERS, ORIGINS, SETTINGS, STATS, STORE
-from hub.store import UNAVAILABLE
+from hub.store import REDIS_FAILURES, unavailable
 
 DEFAULT_HISTORY_LIMIT = 100
 READY_TIMEOUT = 2.0
@@ -81,10 +80,10 @@ def error_for(error: Exception, path: str) -> web.Response | None:
     """The JSON error response for an exception a handler let out, or None to re-raise."""
     if isinstance(error, RequestError):
         return request_error_response(error)
-    if isinstance(error, UNAVAILABLE):
+    if unavailable(error):
         log.warning("redis_unavailable", path=path, error=str(error))
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
-    if isinstance(error, RedisError):
+    if isinstance(error, REDIS_FAILURES):
         log.error("redis_command_failed", path=path, exc_info=error)
         return error_response(500, "internal", "a Redis command failed")
     if isinstance(error, web.HTTPException) and error.status >= 400:
@@ -256,7 +255,7 @@ async def readyz(request: web.Request) -> web.Response:
     timeout + 5 s."""
     try:
         await within(request.app[STORE].ping(), READY_TIMEOUT)
-    except (RedisError, OSError, TimeoutError) as error:
+    except REDIS_FAILURES as error:  # a timeout is an OSError too
         return error_response(503, "redis_unavailable", f"Redis does not answer: {error}")
     stalled = [n.shard for n in request.app[NOTIFIERS] if not n.healthy()]
     if stalled:

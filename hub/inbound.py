@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from aiohttp import WSMsgType
-from redis.exceptions import RedisError
 
 from hub import protocol, publishing
 from hub.admission import TokenBucket
@@ -16,7 +15,7 @@ from hub.errors import IdempotencyConflict, RequestError, Unauthorized
 from hub.protocol import Auth, Invalid, Ping, Publish
 from hub.session import Session
 from hub.stats import Stats
-from hub.store import Store
+from hub.store import REDIS_FAILURES, Store
 from hub.websocket import HubWebSocket
 
 
@@ -130,7 +129,7 @@ class Inbound:
                 session.log.warning("publish_failed", to=message.to, error=error.message)
             await session.reply(protocol.error(message.ref, error.code, error.message))
             return
-        except RedisError:
+        except REDIS_FAILURES:  # what Store.publish did not turn into 503 or 504: a failure
             session.log.exception("publish_failed", to=message.to)
             await session.reply(protocol.error(message.ref, "internal", "the publish failed"))
             return

@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable, Iterable
 
 import structlog
-from redis.exceptions import RedisError
 
 from hub.aio import Backoff
 from hub.ids import StreamId, is_valid_account_id
 from hub.registry import Registry
 from hub.stats import Stats
-from hub.store import Entry, Store
+from hub.store import REDIS_FAILURES, Entry, Store
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +95,7 @@ class Notifier:
                     self._stats.notifier_recoveries += 1
                 in_doubt = failed = False
                 backoff.reset()
-            except (RedisError, OSError) as error:
+            except REDIS_FAILURES as error:
                 in_doubt = failed = True
                 self._stats.redis_errors["notifier"] += 1
                 delay = backoff.next_delay()

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from hub import protocol
 from hub.aio import Backoff
@@ -38,6 +37,7 @@ from hub.protocol import CloseCode
 from hub.reads import Batch, Reader
 from hub.registry import Signal
 from hub.stats import Stats
+from hub.store import REDIS_FAILURES
 from hub.wires import Wire
 
 MAX_QUEUED_REPLIES = 64
@@ -281,7 +281,7 @@ class Session:
         try:
             doubt = self.epoch if self.in_doubt else None
             batch = await self._reader.read(self.account, self.cursor, doubt=doubt)
-        except (RedisError, OSError) as error:
+        except REDIS_FAILURES as error:
             self._read_failed(error)
             return False
         if batch.verified and not batch.lost:

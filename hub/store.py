@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from importlib import metadata
 from importlib.resources import files
 from typing import Any, TypeAlias, TypeVar, cast
@@ -49,8 +50,9 @@ Client: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
 ACCOUNT_CREATED = "AccountCreated"
 MAX_STREAMS_PER_READ = 256
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
-"""Errors meaning Redis did not answer (retry later), as opposed to a command that failed."""
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+"""What a Redis command may raise: catch these, then ask `failure` what it means."""
+_UNREACHED = (RedisConnectionError, RedisTimeoutError, OSError)
 _REFUSED = (
     BusyLoadingError,
     OutOfMemoryError,
@@ -72,12 +74,36 @@ REPLICAS_FRESH_FOR = 1.0
 second): a replica lost meanwhile makes publishes wait in vain, answered `outcome_unknown`."""
 
 
-def _refused(error: Exception) -> bool:
-    """An error reply Redis gives before a script's first write (loading, out of memory, a
-    replica, persistence failing, another script running): nothing was stored."""
-    return isinstance(error, _REFUSED) or (
+class Failure(Enum):
+    """What a Redis failure means to whoever sent the command. The one place that decides
+    whether "Redis is down": every caller asks `failure`."""
+
+    UNREACHED = "unreached"  # no answer: not reached, or the connection broke (retry later)
+    REFUSED = "refused"  # Redis answered that it would not run it now: nothing done (retry)
+    FAILED = "failed"  # the command ran and failed: a bug, or a key of the wrong type
+
+
+def failure(error: BaseException) -> Failure | None:
+    """How `error` reads as a Redis failure (None: it is not one).
+
+    Refused: loading, out of memory, a replica, persistence failing, another script running,
+    a cluster without a primary for the slot or not knowing its slots yet; an error reply
+    given before a script's first write, so nothing was stored."""
+    if isinstance(error, (*_REFUSED, RedisClusterException)) or (
         isinstance(error, ResponseError) and str(error).startswith(_REFUSED_PREFIXES)
-    )
+    ):
+        return Failure.REFUSED  # first: redis-py's loading error is a connection error
+    if isinstance(error, _UNREACHED):
+        return Failure.UNREACHED
+    if isinstance(error, RedisError):
+        return Failure.FAILED
+    return None
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether Redis is away or refusing for now (answer 503, retry later), as opposed to a
+    command that failed."""
+    return failure(error) in (Failure.UNREACHED, Failure.REFUSED)
 
 
 log = structlog.get_logger(__name__)
@@ -332,7 +358,7 @@ class Store:
                     node = cluster.get_node(*asking) or _new_node(cluster, *asking)
                 else:
                     node = cluster.get_node_from_key(log_key)
-            except (RedisError, RedisClusterException) as error:  # no node serves the slot
+            except REDIS_FAILURES as error:  # no node serves the slot
                 await _reread_slots(cluster)
                 raise Unavailable(f"Redis is unavailable: {error}") from None
             replicas = await self._replicas_to_wait_for(node)
@@ -364,7 +390,7 @@ class Store:
         try:
             # Connected and checked, nothing sent yet: any failure so far is a clean 503.
             connection = await pool.get_connection()
-        except (RedisError, OSError) as error:
+        except REDIS_FAILURES as error:
             raise Unavailable(f"Redis is unavailable: {error}") from None
         try:
             try:
@@ -377,10 +403,11 @@ class Store:
                 await self._wait(connection, replicas)
         except _REDIRECTED:
             raise
-        except (RedisError, OSError) as error:
-            if _refused(error):
+        except REDIS_FAILURES as error:
+            kind = failure(error)
+            if kind is Failure.REFUSED:
                 raise Unavailable(f"Redis refused the publish: {error}") from None
-            if not isinstance(error, (*UNAVAILABLE, OSError)):
+            if kind is Failure.FAILED:
                 raise  # a failing script: a bug, or a key of the wrong type
             await connection.disconnect()  # a late reply must not reach the next caller
             raise OutcomeUnknown(
@@ -396,7 +423,7 @@ class Store:
         try:
             await connection.send_command("WAIT", replicas, self._wait_timeout_ms)
             confirmed = int(await connection.read_response())
-        except (RedisError, OSError) as error:
+        except REDIS_FAILURES as error:
             await connection.disconnect()  # a late reply must not reach the next caller
             raise OutcomeUnknown(
                 f"stored, but the replicas' confirmation did not come ({error}): a failover "
@@ -426,7 +453,7 @@ class Store:
             before = in_sync
             try:
                 info = await node.execute_command("INFO", "replication")
-            except (RedisError, OSError):
+            except REDIS_FAILURES:
                 return self._wait_replicas  # let the publish meet the failure itself
             in_sync = _replicas_in_sync(info)
             self._replicas[node.name] = (time.monotonic(), in_sync)
@@ -593,7 +620,7 @@ class Store:
             return ""
         try:
             node = self.redis.get_node_from_key(self.layout.index(shard))
-        except (RedisError, RedisClusterException):
+        except REDIS_FAILURES:
             return ""
         return node.name if node is not None else ""
 
@@ -668,7 +695,7 @@ async def _reread_slots(cluster: aioredis.RedisCluster) -> None:
     """Learn the cluster's slots again (concurrent callers share one read)."""
     try:
         await cluster.nodes_manager.initialize()
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         log.warning("cluster_slots_unknown", error=str(error))
 
 

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from hub.auth import Claims, require
 from hub.cursor import Requested, Start, resolve_start
@@ -18,6 +17,7 @@ from hub.http import account_param, authenticate
 from hub.protocol import CloseCode
 from hub.session import Session
 from hub.state import ADMISSION, READER, REGISTRY, SESSIONS, SETTINGS, STATS, STREAM_STATES
+from hub.store import REDIS_FAILURES
 from hub.wires import Wire
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ async def pin(
     registry.register(account, session.signal)
     try:
         state = await request.app[STREAM_STATES]((account, requested.after))
-    except RedisError as error:
+    except REDIS_FAILURES as error:
         registry.unregister(account, session.signal)
         raise Unavailable(f"Redis is unavailable: {error}") from None
     except BaseException:
