@@ -6,10 +6,10 @@ account's last wake (`Registry.woken_at`): an older read may miss the events of 
 Otherwise it asks for a new read, which waits for the end of the current loop iteration so
 that every session woken by the same notifier batch asks before the reads are sent.
 
-Idle sessions are not even woken: a wake *pushes* them here, the read is made on their behalf
-(their signal taken just before it is sent), and the events are written to each of them when
-that cannot wait on the client (`Listener.push`). Any session that cannot take them so is
-resumed and reads for itself, with backpressure.
+Idle sessions are not even woken: a wake hands them here (`read_for`), the read is made on
+their behalf (their signal taken just before it is sent), and the events are written to each
+of them when that cannot wait on the client (`Listener.deliver_read`). Any session that cannot
+take them so is resumed and reads for itself, with backpressure.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Listener(Protocol):
     epoch: str
     in_doubt: bool  # Redis may have lost data since it last read: check its position first
 
-    def push(self, cursor: StreamId, batch: Batch) -> bool:
+    def deliver_read(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver `batch` (read after `cursor`) now if that cannot wait on the client."""
         ...
 
@@ -121,7 +121,7 @@ class Reader:
         self._registry = registry
         self._count = count
         self._pending: dict[Position, asyncio.Future[Batch]] = {}
-        self._pushes: dict[Position, list[Listener]] = {}
+        self._reads_for: dict[Position, list[Listener]] = {}
         self._doubts: dict[Position, str] = {}  # positions to check, with the epoch expected
         self._flush_scheduled = False
         self._flights: dict[Position, _Flight] = {}
@@ -140,12 +140,12 @@ class Reader:
                 return await asyncio.shield(flight.future)
         return await asyncio.shield(self._pending_read(position))
 
-    def push(self, listener: Listener) -> None:
+    def read_for(self, listener: Listener) -> None:
         """Read for an idle session that was just woken, and deliver to it if possible."""
         position = (listener.account, listener.cursor)
         if listener.in_doubt:
             self._doubts[position] = listener.epoch
-        self._pushes.setdefault(position, []).append(listener)
+        self._reads_for.setdefault(position, []).append(listener)
         self._schedule()
 
     def _pending_read(self, position: Position) -> asyncio.Future[Batch]:
@@ -163,8 +163,8 @@ class Reader:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        pushes, self._pushes = self._pushes, {}
-        for position, listeners in pushes.items():
+        reads_for, self._reads_for = self._reads_for, {}
+        for position, listeners in reads_for.items():
             for listener in listeners:
                 listener.signal.take()  # just before the read is sent: later wakes are kept
             self._pending_read(position)
@@ -175,25 +175,25 @@ class Reader:
         for position, future in pending.items():
             if position not in doubts:  # a checked read is no one else's to join
                 self._flights[position] = _Flight(started, future)
-        task = asyncio.create_task(self._fetch(pending, pushes, doubts))
+        task = asyncio.create_task(self._fetch(pending, reads_for, doubts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(
         self,
         pending: dict[Position, asyncio.Future[Batch]],
-        pushes: dict[Position, list[Listener]],
+        reads_for: dict[Position, list[Listener]],
         doubts: dict[Position, str],
     ) -> None:
         await self._read(pending, doubts)
-        for position, listeners in pushes.items():
+        for position, listeners in reads_for.items():
             future = pending[position]
             batch = None if future.exception() else future.result()
             for listener in listeners:
                 try:
-                    delivered = batch is not None and listener.push(position[1], batch)
+                    delivered = batch is not None and listener.deliver_read(position[1], batch)
                 except Exception:
-                    log.exception("push_failed", account=position[0])
+                    log.exception("deliver_read_failed", account=position[0])
                     delivered = False
                 if not delivered:
                     listener.resume()

@@ -9,7 +9,7 @@ stream's keep-alive. A backlog waits in Redis, never in memory; a client that st
 `send_timeout` is closed with 4008 and resumes from the ID in the close reason.
 
 One exception to "the delivery task writes": while a session is parked, the reader may write
-a batch it read for it (`push`), but only when the client's buffer is empty and can take the
+a batch it read for it (`deliver_read`), but only when the client's buffer is empty and can take the
 whole batch, so that the write cannot wait on this client. Otherwise the session is resumed
 and sends for itself. Wakes go that way whenever the delivery task is idle: a wake that comes
 while it is busy is handed to the reader when it parks, so a steady flow of events does not
@@ -54,8 +54,8 @@ class Session:
         "_failing_since",
         "_parked",
         "_poked",
-        "_pushing",
         "_read_backoff",
+        "_read_for_us",
         "_reader",
         "_replies",
         "_resume_read",
@@ -100,12 +100,12 @@ class Session:
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._poked = False  # something for the delivery task (replies, stop, resume)
         self._parked = False  # waiting for a wake, with nothing to send
-        self._pushing = False  # the reader is reading for us (see `_push`)
+        self._read_for_us = False  # the reader is reading for us (see `_ask_reader`)
         self.epoch = ""  # of the account's history, from the welcome
         # Redis may have lost data since our last read (it failed, or the notifier lost it):
         # the next read first checks that our position is still there.
         self.in_doubt = False
-        self._resume_read = False  # the reader could not deliver a push: read ourselves
+        self._resume_read = False  # the reader could not deliver its read: read ourselves
         self._replies: deque[bytes] | None = None
         self._room: asyncio.Event | None = None  # set when a full reply queue drains
         self._stop: CloseCode | None = None
@@ -126,27 +126,27 @@ class Session:
             waiter.set_result(None)
 
     def _on_wake(self) -> None:
-        if self._parked and not self._pushing:
-            self._push()
+        if self._parked and not self._read_for_us:
+            self._ask_reader()
         # Otherwise the delivery task is busy, or a read for us is on its way: the signal
         # stays set, and goes to the reader when the task parks or that read is delivered.
 
-    def _push(self) -> None:
+    def _ask_reader(self) -> None:
         """Have the reader read for us and deliver without waking this task. One such read at
         a time: a second one, sent before the first is delivered, would read the same events."""
-        self._pushing = True
-        self._reader.push(self)
+        self._read_for_us = True
+        self._reader.read_for(self)
 
     def resume(self) -> None:
         """Read for ourselves: the reader could not deliver what it read for us."""
-        self._pushing = False
+        self._read_for_us = False
         self._resume_read = True
         self._poke()
 
-    def push(self, cursor: StreamId, batch: Batch) -> bool:
+    def deliver_read(self, cursor: StreamId, batch: Batch) -> bool:
         """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
         client's buffer can take all of it at once (then the write cannot wait on the client)."""
-        self._pushing = False
+        self._read_for_us = False
         if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
             return False
         if self.in_doubt and not batch.verified:
@@ -160,7 +160,7 @@ class Session:
         if batch.full:
             return False
         if self.signal.pending:
-            self._push()  # woken while that read was on its way
+            self._ask_reader()  # woken while that read was on its way
         return True
 
     @property
@@ -237,7 +237,7 @@ class Session:
         delay = max(0.0, self.claims.expires_at - time.time())
         self._expiry = loop.call_later(delay, self.stop, CloseCode.TOKEN_EXPIRED)
 
-    # --- the delivery task: the socket's writer (see the module doc for the push) ------------
+    # --- the delivery task: the socket's writer (see the module doc: `deliver_read`) ------------
 
     async def _deliver(self, *, read_now: bool) -> None:
         """`read_now`: catch up first (the stream had entries after the cursor when pinned)."""
@@ -256,8 +256,8 @@ class Session:
                     # that came while we were busy goes to the reader, as the next ones will:
                     # it reads for us and writes without waking this task.
                     self._parked = True
-                    if self.signal.pending and not self._pushing:
-                        self._push()
+                    if self.signal.pending and not self._read_for_us:
+                        self._ask_reader()
                     self._waiter = asyncio.get_running_loop().create_future()
                     try:
                         await self._waiter

@@ -397,9 +397,11 @@ async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any)
     frame = b'{"id":"9-0","type":"T","payload":null}'
     unchecked = Batch(ids=[b"9-0"], frames=[frame], full=False, lost=False)
     session.in_doubt = True  # the notifier's doubt lands while that read was on its way
-    assert session.push(session.cursor, unchecked) is False  # not written: read again, checked
+    assert (
+        session.deliver_read(session.cursor, unchecked) is False
+    )  # not written: read again, checked
     checked = Batch(ids=[b"9-0"], frames=[frame], full=False, lost=False, verified=True)
-    assert session.push(session.cursor, checked) is True
+    assert session.deliver_read(session.cursor, checked) is True
     assert session.in_doubt is False
     assert (await receive_events(ws, 1))[0]["id"] == "9-0"
 
