@@ -165,12 +165,15 @@ def test_star_rights() -> None:
         (mint("another-secret-of-at-least-32-characters", "1", time.time(), 60), "invalid_token"),
         ("not.a.token", "invalid_token"),
         (jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"), "invalid_token"),
-        (jwt.encode({"sub": 1, "exp": 2**40}, SECRET, algorithm="HS256"), "invalid_token"),
+        (jwt.encode({"sub": 1, "exp": 2_000_000_000}, SECRET, algorithm="HS256"), "invalid_token"),
         (
-            jwt.encode({"sub": "1", "exp": 2**40, "pub": 3}, SECRET, algorithm="HS256"),
+            jwt.encode({"sub": "1", "exp": 2_000_000_000, "pub": 3}, SECRET, algorithm="HS256"),
             "invalid_token",
         ),
-        (jwt.encode({"sub": "1", "exp": 2**40}, SECRET * 2, algorithm="HS512"), "invalid_token"),
+        (
+            jwt.encode({"sub": "1", "exp": 2_000_000_000}, SECRET * 2, algorithm="HS512"),
+            "invalid_token",
+        ),
     ],
 )
 def test_bad_tokens(token: str, code: str) -> None:
