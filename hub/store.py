@@ -364,7 +364,10 @@ class Store:
             replicas = await self._replicas_to_wait_for(node)
             try:
                 pool = _NodePool(node, self._gate(node.name))
-                return await self._publish_on(pool, command, replicas, asking=asking)
+                reply = await self._publish_on(pool, command, replicas, asking=asking)
+                if self._wait_replicas and not replicas:
+                    self._stats.unreplicated += 1  # acknowledged with no replica to wait for
+                return reply
             except AskError as error:
                 asking = (error.host, int(error.port))
             except TryAgainError:  # the slot's keys are being moved: a moment
@@ -459,8 +462,6 @@ class Store:
             self._replicas[node.name] = (time.monotonic(), in_sync)
             if in_sync == 0 and before != 0:
                 log.warning("shard_without_replica", primary=node.name)
-        if in_sync == 0:
-            self._stats.unreplicated += 1
         return min(self._wait_replicas, in_sync)
 
     async def stream_states(self, opens: list[tuple[str, StreamId]]) -> list[StreamState]:
