@@ -406,6 +406,25 @@ async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any)
     assert (await receive_events(ws, 1))[0]["id"] == "9-0"
 
 
+async def test_a_read_made_at_an_older_cursor_is_not_delivered(client: Any) -> None:
+    """A read for an idle socket was made at its cursor then; meanwhile the session read for
+    itself and sent those events. The batch, read at the older cursor, must not be written:
+    it would repeat them (`Session.deliver_read`: `self.cursor != cursor`)."""
+    from hub.ids import StreamId
+    from hub.reads import Batch
+
+    ws = await connect(client, "1", "?last_id=$")
+    sent = await publish(client, "1", "once")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [sent]
+    [session] = client.app[SESSIONS]
+    await wait_until(lambda: session._parked, what="the socket to be idle")
+    frame = b'{"id":"%s","type":"T","payload":"once"}' % sent.encode()
+    stale = Batch(ids=[sent.encode()], frames=[frame], full=False, lost=False)
+    assert session.deliver_read(StreamId.parse(sent).prev(), stale) is False
+    later = await publish(client, "1", "next")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [later]  # not `sent` again
+
+
 async def test_a_session_whose_read_failed_checks_its_position_next(
     make_client: Any, settings: Settings, own_redis: RedisServer
 ) -> None:
