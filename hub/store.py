@@ -285,10 +285,6 @@ class Store:
             stats=stats,
         )
 
-    @property
-    def clustered(self) -> bool:
-        return isinstance(self.redis, aioredis.RedisCluster)
-
     async def ping(self) -> None:
         await self.redis.ping()
 

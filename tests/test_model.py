@@ -8,10 +8,10 @@ of their own, and each rule hands it a coroutine and waits for the result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 from hub.app import create_app
 from hub.config import Settings
 from hub.server import HubRunner
-from tests.support import RedisServer, bearer, free_port
+from tests.support import RedisServer, bearer, free_port, wait_for, wait_until
 
 T = TypeVar("T")
 EXAMPLES = itertools.count()
@@ -59,7 +59,6 @@ class Loop:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.sleep(0.1)  # closed transports release their sockets on the next turns
 
         self.run(settle())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -143,11 +142,11 @@ class Engine(RuleBasedStateMachine):
         """At the end, every connected client catches up on everything published."""
         try:
             connected = [c for c in self._all() if c.socket is not None]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if all(c.seen == self.published[c.account] for c in connected):
-                    break
-                time.sleep(0.05)  # polls what the clients got, up to the deadline
+            with contextlib.suppress(AssertionError):  # the comparison below says what differs
+                wait_for(
+                    lambda: all(c.seen == self.published[c.account] for c in connected),
+                    timeout=20,
+                )
             for client in connected:
                 assert client.seen == self.published[client.account], client
         finally:
@@ -168,8 +167,12 @@ class Engine(RuleBasedStateMachine):
                 if response.status in (200, 201):
                     return str((await response.json())["id"])
                 assert response.status in (503, 504), await response.text()
-            await asyncio.sleep(0.05)  # retry pacing
+            await wait_until(self._ready, what="the hub ready again")
         raise AssertionError(f"{account}: the publish was never acknowledged")
+
+    async def _ready(self) -> bool:
+        async with self.world.session.get(f"{self.world.url}/readyz") as response:
+            return response.status == 200
 
     async def _open(self, client: Client, last_id: str | None, epoch: str | None) -> None:
         """A raw socket, resumed by hand: what the hub sends, not what a client library
