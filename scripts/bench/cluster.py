@@ -24,7 +24,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import redis
 from redis.crc import key_slot
 
 HERE = Path(__file__).resolve().parent
@@ -32,54 +31,19 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import loadtest  # noqa: E402
-from run import ROOT, free_port, start  # noqa: E402
+from loadlib.processes import RedisProcess, free_port  # noqa: E402
+from run import ROOT, start  # noqa: E402
 
 from hub.config import Settings  # noqa: E402
 from hub.keys import Layout  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-class Node:
-    """One redis-server on a free loopback port."""
+class Node(RedisProcess):
+    """One redis-server on a free loopback port, started at once."""
 
     def __init__(self, directory: Path, extra: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        directory.mkdir(parents=True)
-        # fmt: off
-        self.process = subprocess.Popen(
-            [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--maxclients", "20000",
-                "--dir", str(directory), *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        # fmt: on
-        self.client = redis.Redis(port=self.port, socket_timeout=10)
-        deadline = time.time() + 10
-        while not self._answers():
-            if time.time() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} did not start")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    def calls(self) -> dict[str, int]:
-        stats = self.client.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        super().__init__(directory, extra=extra)
+        self.start()
 
     def is_master_with_slots(self) -> bool:
         line = next(
@@ -88,10 +52,6 @@ class Node:
             if "myself" in line
         )
         return "master" in line.split()[2] and len(line.split()) > 8
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 def single(directory: Path) -> list[Node]:

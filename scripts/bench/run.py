@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import loadtest  # noqa: E402
 from loadlib import report  # noqa: E402
+from loadlib.processes import RedisProcess, free_port  # noqa: E402
 
 IMPLEMENTATIONS = ("hub", "hub-batch", "hub-sse", "hub-w2", "polling", "blocking", "floor")
 # hub-batch: the hub, its clients asking for several events per frame (?batch=1)
@@ -112,57 +113,12 @@ def at_half(workload: Workload, burst: dict[str, Any] | None, scale: float) -> W
     )
 
 
-def free_port() -> int:
-    import socket
+class Redis(RedisProcess):
+    """A throwaway redis-server for the benchmark, started at once."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
     def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "20000",
-                "--dir",
-                str(directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        import redis
-
-        self.client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.time() + 10
-        while True:
-            try:
-                self.client.ping()
-                return
-            except redis.RedisError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def flush(self) -> None:
-        self.client.flushall()
-        self.client.config_resetstat()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        super().__init__(directory)
+        self.start()
 
 
 BUILDS: dict[str, Path] = {}  # hub@REF → a checkout of that commit (--against)

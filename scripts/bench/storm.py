@@ -41,7 +41,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,6 +54,9 @@ from typing import Any
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from loadlib.processes import free_port  # noqa: E402
 
 NOFILE = 20_000
 RETENTION, INDEX_RETENTION = 10_000, 100_000  # the hub's defaults (HUB_RETENTION, index)
@@ -79,12 +81,6 @@ def die_with_parent() -> None:
     """In a child, before exec: SIGKILL when the benchmark dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def account_of(client: int, accounts: int) -> str:

@@ -32,12 +32,16 @@ def _until(condition: object, seconds: float, what: str) -> None:
 
 class RedisProcess:
     """A redis-server in `directory`: `persistence` is `always`, `everysec` (append-only
-    file) or `none`. Started again on the same port and directory, it finds its data."""
+    file) or `none`; `extra` arguments (cluster mode, say). Started again on the same port and
+    directory, it finds its data."""
 
-    def __init__(self, directory: Path, persistence: str) -> None:
-        self.directory, self.persistence = directory, persistence
+    def __init__(
+        self, directory: Path, persistence: str = "none", extra: tuple[str, ...] = ()
+    ) -> None:
+        self.directory, self.persistence, self.extra = directory, persistence, extra
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.client = redis.Redis(port=self.port, socket_timeout=10)
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -52,13 +56,28 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.directory), "--maxclients", "10000", *appendonly,
+                "--dir", str(self.directory), "--maxclients", "20000", *appendonly, *self.extra,
             ],
             stdout=subprocess.DEVNULL,
         )
         # fmt: on
-        client = redis.Redis(port=self.port, socket_timeout=2)
-        _until(lambda: _answers(client), 20, "redis-server's start")
+        _until(lambda: _answers(self.client), 20, "redis-server's start")
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far (user and system)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def calls(self) -> dict[str, int]:
+        """`INFO commandstats` as {command: calls}."""
+        stats = self.client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    def flush(self) -> None:
+        """Empty, and its command counts back to zero."""
+        self.client.flushall()
+        self.client.config_resetstat()
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
