@@ -176,9 +176,11 @@ async def layout_of(url: str, shards: int, mode: str = "auto") -> Layout:
     """The key layout for the Redis at `url`: `shards` index shards on a cluster, else the
     seed's names; `mode` (HUB_REDIS_MODE) `single` or `cluster` says which without asking.
     Raises the connection's error when it must ask and cannot reach it."""
-    if mode == "auto":
-        return Layout(shards) if await is_cluster(url) else SINGLE
-    return Layout(shards) if mode == "cluster" else SINGLE
+    if mode == "cluster":
+        return Layout(shards)
+    if mode == "single":
+        return SINGLE
+    return Layout(shards) if await is_cluster(url) else SINGLE
 
 
 async def close(client: Client) -> None:

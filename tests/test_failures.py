@@ -43,3 +43,16 @@ from hub.store import Failure, failure, unavailable
 def test_each_redis_failure_has_one_meaning(error: Exception, meaning: Failure | None) -> None:
     assert failure(error) is meaning
     assert unavailable(error) == (meaning in (Failure.UNREACHED, Failure.REFUSED))
+
+
+async def test_a_stated_redis_mode_is_taken_without_asking_redis() -> None:
+    """HUB_REDIS_MODE=cluster or single: the layout is known even while Redis is away (a hub
+    restarted during a failover); `auto` has to ask, and says it cannot."""
+    from hub.keys import SINGLE, Layout
+    from hub.store import REDIS_FAILURES, layout_of
+
+    nowhere = "redis://127.0.0.1:1/0"
+    assert await layout_of(nowhere, 16, "cluster") == Layout(16)
+    assert await layout_of(nowhere, 16, "single") == SINGLE
+    with pytest.raises(REDIS_FAILURES):
+        await layout_of(nowhere, 16, "auto")
