@@ -291,8 +291,10 @@ async def churn(run: Run) -> None:
     """Every client leaves and comes back with its position, in waves, for a few seconds."""
     for _ in range(3 if run.short else 8):
         for watcher in [w for w in run.watchers if w.client.state != "closed"][::2]:
-            position, epoch = watcher.client.last_id, watcher.client.epoch
             await watcher.client.close()
+            if watcher.task is not None:
+                await watcher.task  # what it had received before the close, taken in
+            position, epoch = watcher.client.last_id, watcher.client.epoch
             run.watchers.remove(watcher)
             # The same client's life goes on from where it was, on a new connection.
             run.watch(watcher.account, last_id=position, epoch=epoch, seen=watcher.seen)
