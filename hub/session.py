@@ -15,11 +15,14 @@ and sends for itself. Wakes go that way whenever the delivery task is idle: a wa
 while it is busy is handed to the reader when it parks, so a steady flow of events does not
 keep every socket's task running. A batch that fits under the transport's high-water mark
 goes out in one write, framed once for all the sockets it reaches.
+
+The delivery task's phases are explicit (`Phase`), changed in one place (`Session._enter`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,24 +48,91 @@ MAX_QUEUED_REPLIES = 64
 log = structlog.get_logger(__name__)
 
 
+class Phase(enum.Enum):
+    """Where a session's delivery task is. Transitions (`Session._enter`, the one place that
+    changes the phase):
+
+        OPENING --start--> SENDING --park--> PARKED --unpark--> SENDING
+        OPENING, SENDING, PARKED --stop--> CLOSING --closed--> CLOSED
+    """
+
+    OPENING = "opening"  # the welcome is not sent yet: no delivery task
+    SENDING = "sending"  # the delivery task reads, writes and sends replies
+    PARKED = "parked"  # the delivery task waits: wakes are handed to the reader
+    CLOSING = "closing"  # a close code is decided: the task ends its write and closes
+    CLOSED = "closed"  # the close is sent (or the client was gone)
+
+
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.OPENING: frozenset({Phase.SENDING, Phase.CLOSING}),
+    Phase.SENDING: frozenset({Phase.PARKED, Phase.CLOSING}),
+    Phase.PARKED: frozenset({Phase.SENDING, Phase.CLOSING}),
+    Phase.CLOSING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+
+class ReplyQueue:
+    """A socket's replies waiting for its delivery task. Bounded: a client that sends faster
+    than it reads waits for room (backpressure) instead of growing the hub's memory."""
+
+    __slots__ = ("_closed", "_frames", "_room")
+
+    def __init__(self) -> None:
+        self._frames: deque[bytes] = deque()
+        self._room: asyncio.Event | None = None  # made when a put first waits
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    async def put(self, frame: bytes) -> bool:
+        """Queue `frame`, waiting while the queue is full; False once closed (dropped)."""
+        while len(self._frames) >= MAX_QUEUED_REPLIES and not self._closed:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            return False
+        self._frames.append(frame)
+        return True
+
+    def take(self) -> bytes:
+        """The oldest reply; a put waiting for room goes on."""
+        frame = self._frames.popleft()
+        if self._room is not None:
+            self._room.set()
+        return frame
+
+    def close(self) -> None:
+        """No more replies: a put waiting for room gives up."""
+        self._closed = True
+        if self._room is not None:
+            self._room.set()
+
+
 class Session:
-    """The state of one subscriber: an account, a cursor, a signal, a reply queue."""
+    """The state of one subscriber: an account, a cursor, a signal, a phase, its replies.
+
+    Beside the phase, one fact: whether the reader has a read for us on its way
+    (`_handed_off`). It may outlive the parking that asked for it, and while it is out no
+    other is asked for: a second read, sent before the first is delivered, would read the
+    same events.
+    """
 
     __slots__ = (
         "_close_code",
+        "_closing_with",
         "_expiry",
         "_failing_since",
-        "_parked",
-        "_poked",
+        "_handed_off",
+        "_phase",
         "_read_backoff",
-        "_read_for_us",
         "_reader",
         "_replies",
-        "_resume_read",
-        "_room",
         "_settings",
         "_stats",
-        "_stop",
         "_waiter",
         "_wire",
         "account",
@@ -95,20 +165,17 @@ class Session:
         self._settings = settings
         self.conn = conn
         self.signal = Signal(self._on_wake)
+        self._phase = Phase.OPENING
+        self._closing_with: CloseCode | None = None  # decided by the first `stop`
         self._close_code: int | None = None  # the code the hub (or aiohttp) sent
         # Memory per socket matters: what only some sockets need is created when needed.
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
-        self._poked = False  # something for the delivery task (replies, stop, resume)
-        self._parked = False  # waiting for a wake, with nothing to send
-        self._read_for_us = False  # the reader is reading for us (see `_ask_reader`)
+        self._handed_off = False  # the reader is reading for us (see `_hand_off`)
         self.epoch = ""  # of the account's history, from the welcome
         # Redis may have lost data since our last read (it failed, or the notifier lost it):
         # the next read first checks that our position is still there.
         self.in_doubt = False
-        self._resume_read = False  # the reader could not deliver its read: read ourselves
-        self._replies: deque[bytes] | None = None
-        self._room: asyncio.Event | None = None  # set when a full reply queue drains
-        self._stop: CloseCode | None = None
+        self._replies: ReplyQueue | None = None
         self._read_backoff: Backoff | None = None
         self._failing_since: float | None = None
         self._expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry
@@ -118,49 +185,60 @@ class Session:
     def log(self) -> Any:
         return log.bind(account=self.account, conn=self.conn)
 
-    def _poke(self) -> None:
-        """Resume the delivery task if it is parked; remembered if it is not."""
-        self._poked = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _enter(self, phase: Phase) -> None:
+        """The one place the phase changes; a transition the table does not name is a bug."""
+        if phase not in _NEXT[self._phase]:
+            moved = f"{self._phase.value} -> {phase.value}"
+            raise RuntimeError(f"session {self.conn}: no transition {moved}")
+        self._phase = phase
+
+    def _unpark(self) -> None:
+        """Resume the delivery task if it is parked (otherwise it looks before parking)."""
+        if self._phase is Phase.PARKED:
+            self._enter(Phase.SENDING)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _on_wake(self) -> None:
-        if self._parked and not self._read_for_us:
-            self._ask_reader()
+        if self._phase is Phase.PARKED and not self._handed_off:
+            self._hand_off()
         # Otherwise the delivery task is busy, or a read for us is on its way: the signal
         # stays set, and goes to the reader when the task parks or that read is delivered.
 
-    def _ask_reader(self) -> None:
-        """Have the reader read for us and deliver without waking this task. One such read at
-        a time: a second one, sent before the first is delivered, would read the same events."""
-        self._read_for_us = True
+    def _hand_off(self) -> None:
+        """Have the reader read for us and deliver without waking the delivery task."""
+        self._handed_off = True
         self._reader.read_for(self)
 
     def resume(self) -> None:
-        """Read for ourselves: the reader could not deliver what it read for us."""
-        self._read_for_us = False
-        self._resume_read = True
-        self._poke()
+        """The reader could not deliver what it read for us: read it ourselves."""
+        self._handed_off = False
+        self._unpark()  # first: the wake below then stays with us, not the reader
+        self.signal.wake()
 
     def deliver_read(self, cursor: StreamId, batch: Batch) -> bool:
-        """Deliver a batch read on our behalf, if we are still idle at `cursor` and the
+        """Deliver a batch read on our behalf, if we are still parked at `cursor` and the
         client's buffer can take all of it at once (then the write cannot wait on the client)."""
-        self._read_for_us = False
-        if not self._parked or self.cursor != cursor or self._stop is not None or batch.lost:
+        self._handed_off = False
+        if self._phase is not Phase.PARKED or self.cursor != cursor or batch.lost:
             return False
         if self.in_doubt and not batch.verified:
             return False  # read before the doubt: we check our position ourselves
         if batch.verified:
             self.in_doubt = False
         if batch.frames:
-            if self._replies or not self._write_whole(batch, empty=True):
+            if not self._write_whole(batch, empty=True):
                 return False
             self._delivered_at_read(batch)
         if batch.full:
             return False
         if self.signal.pending:
-            self._ask_reader()  # woken while that read was on its way
+            self._hand_off()  # woken while that read was on its way
         return True
 
     @property
@@ -181,15 +259,19 @@ class Session:
     @property
     def stopping(self) -> CloseCode | None:
         """The close code the session is closing with, once decided."""
-        return self._stop
+        return self._closing_with
 
     def stop(self, code: CloseCode) -> None:
-        """Ask the delivery task to close the socket with `code` (first request wins)."""
-        if self._stop is None:
-            self._stop = code
-        self._poke()
-        if self._room is not None:
-            self._room.set()
+        """Ask the delivery task to close the connection with `code` (the first request wins)."""
+        if self._phase in (Phase.CLOSING, Phase.CLOSED):
+            return
+        self._closing_with = code
+        parked = self._phase is Phase.PARKED
+        self._enter(Phase.CLOSING)
+        if parked and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._replies is not None:
+            self._replies.close()
 
     async def run(
         self, wire: Wire, start: Start, epoch: str, listen: Callable[[], Awaitable[None]]
@@ -204,8 +286,12 @@ class Session:
         try:
             await wire.send(wire.welcome(welcome, start.reported))
         except ConnectionResetError:
-            return  # gone right after the handshake
+            self.stop(CloseCode.GOING_AWAY)  # gone right after the handshake
+            self._enter(Phase.CLOSED)
+            return
         self._schedule_expiry()
+        if self._phase is Phase.OPENING:  # not stopped meanwhile
+            self._enter(Phase.SENDING)
         delivery = asyncio.create_task(
             self._deliver(read_now=start.catch_up), name=f"deliver:{self.account}"
         )
@@ -242,39 +328,36 @@ class Session:
     async def _deliver(self, *, read_now: bool) -> None:
         """`read_now`: catch up first (the stream had entries after the cursor when pinned)."""
         try:
-            while self._stop is None:
+            while self._phase is Phase.SENDING:
                 if read_now:
                     self.signal.take()  # before reading: a wake from here on is kept
-                    self._resume_read = False
                     read_now = await self._read_and_send()
-                if self._replies and self._stop is None:
+                if self._replies and self._phase is Phase.SENDING:
                     await self._send_replies()  # between batches: a backlog never starves them
-                if read_now or self._stop is not None:
+                if read_now or self._phase is not Phase.SENDING:
                     continue
-                if not (self._replies or self._resume_read or self._poked):
-                    # Park until poked (inline, not a helper: a frame less per socket). A wake
-                    # that came while we were busy goes to the reader, as the next ones will:
-                    # it reads for us and writes without waking this task.
-                    self._parked = True
-                    if self.signal.pending and not self._read_for_us:
-                        self._ask_reader()
+                if not self._replies:
+                    # Park until unparked (inline, not a helper: a frame less per socket). A
+                    # wake that came while we were busy goes to the reader, as the next ones
+                    # will: it reads for us and writes without waking this task.
+                    self._enter(Phase.PARKED)
+                    if self.signal.pending and not self._handed_off:
+                        self._hand_off()
                     self._waiter = asyncio.get_running_loop().create_future()
                     try:
                         await self._waiter
                     finally:
-                        self._parked = False
                         self._waiter = None
-                self._poked = False
-                read_now = self.signal.pending or self._resume_read
+                read_now = self.signal.pending
         except ConnectionResetError as error:
             self.log.debug("session_client_gone", error=str(error))
         except Exception:
             self.log.exception("session_failed")
-            self._stop = CloseCode.INTERNAL_ERROR
+            self.stop(CloseCode.INTERNAL_ERROR)
         finally:
-            if self._room is not None:
-                self._room.set()
+            self.stop(CloseCode.GOING_AWAY)  # the client gone, or the task cancelled
             await self._close()
+            self._enter(Phase.CLOSED)
 
     async def _read_and_send(self) -> bool:
         """Read one batch after the cursor and send it; return whether more may be waiting."""
@@ -297,7 +380,7 @@ class Session:
             return False
         if self._write_whole(batch):
             self._delivered_at_read(batch)
-            return batch.full and self._stop is None
+            return batch.full and self._phase is Phase.SENDING
         assert self._wire is not None
         pieces = self._wire.pieces(batch)
         written = 0
@@ -317,7 +400,7 @@ class Session:
                 self.cursor = batch.position_after(events)
                 lag = batch.lag_at(time.time())
                 self._stats.deliver(events, lag, self._stats.delivery_lag.slot(lag))
-        return batch.full and self._stop is None
+        return batch.full and self._phase is Phase.SENDING
 
     def _delivered_at_read(self, batch: Batch) -> None:
         """The whole batch went out as it was read: move the cursor, count the events with
@@ -362,12 +445,11 @@ class Session:
 
     async def _send_replies(self) -> None:
         assert self._wire is not None
+        assert self._replies is not None
         try:
             async with asyncio.timeout(self._settings.send_timeout):
                 while self._replies:
-                    await self._wire.send(self._replies.popleft())
-                    if self._room is not None:
-                        self._room.set()
+                    await self._wire.send(self._replies.take())
         except TimeoutError:
             self.log.info("session_slow_consumer")
             self.stop(CloseCode.SLOW_CONSUMER)
@@ -376,21 +458,16 @@ class Session:
         wire = self._wire
         if wire is None:
             return
-        code = self._stop or CloseCode.GOING_AWAY
+        code = self._closing_with or CloseCode.GOING_AWAY
         # Bounded, and ends the connection whatever the client does.
         if await wire.close(code, str(self.cursor)):
             self._close_code = code
 
     async def reply(self, frame: bytes) -> None:
         """Queue a reply for the delivery task; wait while the queue is full (backpressure)."""
-        if self._replies is None:
-            self._replies = deque()
-        while len(self._replies) >= MAX_QUEUED_REPLIES and self._stop is None:
-            if self._room is None:
-                self._room = asyncio.Event()
-            self._room.clear()
-            await self._room.wait()
-        if self._stop is not None:
+        if self._closing_with is not None:
             return
-        self._replies.append(frame)
-        self._poke()
+        if self._replies is None:
+            self._replies = ReplyQueue()
+        if await self._replies.put(frame):
+            self._unpark()

@@ -15,6 +15,7 @@ from hub.config import Settings
 from hub.notifier import Notifier
 from hub.protocol import CloseCode
 from hub.registry import Registry
+from hub.session import Phase
 from hub.state import NOTIFIERS, READER, REGISTRY, SESSIONS, STORE
 from hub.stats import Stats
 from hub.store import Store
@@ -393,7 +394,7 @@ async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any)
 
     ws = await connect(client, "1", "?last_id=$")
     [session] = client.app[SESSIONS]
-    await wait_until(lambda: session._parked, what="the socket to be idle")
+    await wait_until(lambda: session.phase is Phase.PARKED, what="the socket to be idle")
     frame = b'{"id":"9-0","type":"T","payload":null}'
     unchecked = Batch(ids=[b"9-0"], frames=[frame], full=False, lost=False)
     session.in_doubt = True  # the notifier's doubt lands while that read was on its way
@@ -417,7 +418,7 @@ async def test_a_read_made_at_an_older_cursor_is_not_delivered(client: Any) -> N
     sent = await publish(client, "1", "once")
     assert [e["id"] for e in await receive_events(ws, 1)] == [sent]
     [session] = client.app[SESSIONS]
-    await wait_until(lambda: session._parked, what="the socket to be idle")
+    await wait_until(lambda: session.phase is Phase.PARKED, what="the socket to be idle")
     frame = b'{"id":"%s","type":"T","payload":"once"}' % sent.encode()
     stale = Batch(ids=[sent.encode()], frames=[frame], full=False, lost=False)
     assert session.deliver_read(StreamId.parse(sent).prev(), stale) is False
