@@ -14,7 +14,7 @@ import termios
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from hub.frames import MaskedFrames
+from hub.core.frames import MaskedFrames
 
 T = TypeVar("T")
 K = TypeVar("K")

@@ -16,11 +16,11 @@ import orjson
 import structlog
 
 from hub import logs
-from hub.auth import mint, parse_publish_list
 from hub.config import Settings, load_settings
-from hub.errors import HubError
-from hub.events import encode_payload, parse_json, validate_type
-from hub.ids import validate_account_id, validate_idempotency_key
+from hub.core.auth import mint, parse_publish_list
+from hub.core.errors import HubError
+from hub.core.events import encode_payload, parse_json, validate_type
+from hub.core.ids import validate_account_id, validate_idempotency_key
 
 DEFAULT_TTL = 3600
 INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _serve(settings: Settings, host: str | None, port: int | None, workers: str | None) -> int:
     """Serve until a signal; the signal's number. Several workers: this process supervises
     them (hub/supervisor.py), and each is this command again, told which one it is."""
-    from hub.app import create_app
-    from hub.server import serve
     from hub.supervisor import METRICS_ENV, WORKER_ENV, Supervisor
+    from hub.web.app import create_app
+    from hub.web.server import serve
 
     settings = settings.with_overrides(host=host, port=port, workers=workers)
     logs.configure(settings.log_level)
@@ -114,8 +114,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: str 
 
 
 async def _migrate(settings: Settings, source: str, target: str) -> str:
-    from hub.migrate import migrate
-    from hub.store import REDIS_FAILURES
+    from hub.redis.migrate import migrate
+    from hub.redis.store import REDIS_FAILURES
 
     try:
         done = await migrate(source, target, settings.index_shards, sys.stderr)
@@ -154,8 +154,8 @@ def _payload(text: str) -> bytes:
 async def _publish(
     settings: Settings, account: str, event_type: str, payload: str, key: str | None
 ) -> str:
-    from hub.embedded import require_running
-    from hub.store import REDIS_FAILURES, Store, close, connect, layout_of
+    from hub.redis.embedded import require_running
+    from hub.redis.store import REDIS_FAILURES, Store, close, connect, layout_of
 
     validate_account_id(account)
     validate_type(event_type)

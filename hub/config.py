@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from hub.errors import ConfigError
-from hub.ids import parse_decimal
-from hub.origins import normalize
+from hub.core.errors import ConfigError
+from hub.core.ids import parse_decimal
+from hub.core.origins import normalize
 
 MIN_SECRET_LENGTH = 32
 MAX_WORKERS = 256
@@ -44,14 +44,14 @@ class Settings:
     max_message: int = 65_536
     log_level: str = "info"
     idempotency_window: int = 300  # seconds a publish's idempotency key is remembered
-    # Admission limits (hub/admission.py), 0 for none. None: 90% of the open-file limit.
+    # Admission limits (hub/core/admission.py), 0 for none. None: 90% of the open-file limit.
     max_sockets: int | None = None
     max_accept_rate: int = 2_000  # new subscriptions per second
     max_sockets_per_account: int = 100
     publish_rate: int = 100  # socket publishes per second, burst of twice that
     workers: int = 1  # processes serving the port (hub/supervisor.py); `auto`: one per core
     redis_mode: str = "auto"  # single, cluster, or auto: asked of Redis at start
-    # Redis Cluster only (hub/keys.py, hub/store.py).
+    # Redis Cluster only (hub/core/keys.py, hub/redis/store.py).
     index_shards: int = 16  # index streams, each in its own slot; fixed for a deployment
     wait_replicas: int = 1  # replicas that must hold an event before it is acknowledged
     wait_timeout_ms: int = 1_000  # beyond this, the publish is answered 504 outcome_unknown
@@ -155,6 +155,9 @@ def load_settings(
         index_shards=get("HUB_INDEX_SHARDS", _int_between(1, 16384), default.index_shards),
         wait_replicas=get("HUB_WAIT_REPLICAS", _int_at_least(0), default.wait_replicas),
         wait_timeout_ms=get("HUB_WAIT_TIMEOUT_MS", _int_between(1, 9_000), default.wait_timeout_ms),
+        send_timeout=float(
+            get("HUB_SEND_TIMEOUT", _int_between(1, 600), int(default.send_timeout))
+        ),
     )
 
 

@@ -26,8 +26,8 @@ import structlog
 
 from hub.aio import StopSignals
 from hub.config import Settings
-from hub.embedded import EmbeddedRedis, die_with_parent
-from hub.errors import HubError
+from hub.core.errors import HubError
+from hub.redis.embedded import EmbeddedRedis, die_with_parent
 
 log = structlog.get_logger(__name__)
 

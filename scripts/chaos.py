@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from loadlib.processes import HubServer, RedisProcess  # noqa: E402
 
-from hub.auth import mint  # noqa: E402
 from hub.client import HubClient  # noqa: E402
+from hub.core.auth import mint  # noqa: E402
 
 SECRET = "chaos-secret-that-is-at-least-32-characters-long"
 ACCOUNTS = 4

@@ -128,7 +128,7 @@ class Run:
             key = secret()
             if key is None:
                 sys.exit("loadtest: HUB_SECRET is not set (environment or .env); or pass --no-auth")
-            from hub.auth import mint
+            from hub.core.auth import mint
 
             now = time.time()
             self.tokens = {a: mint(key, a, now, MAX_SECONDS * 2) for a in self.accounts}

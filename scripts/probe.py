@@ -54,8 +54,8 @@ def arguments() -> argparse.Namespace:
 def token_minter(no_auth: bool) -> Any:
     if no_auth:
         return lambda *_, **__: None
-    from hub.auth import mint
     from hub.config import read_dotenv
+    from hub.core.auth import mint
 
     secret = os.environ.get("HUB_SECRET") or read_dotenv(Path(".env")).get("HUB_SECRET")
     if not secret:

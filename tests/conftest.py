@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
 from hub import logs
-from hub.app import create_app
 from hub.config import AuthMode, Settings
-from hub.server import HubRunner
+from hub.web.app import create_app
+from hub.web.server import HubRunner
 from tests.support import (
     HUB_LOGS,
     SECRET,

@@ -23,10 +23,10 @@ import orjson
 import redis
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
-from hub.auth import mint
 from hub.config import Settings
-from hub.embedded import die_with_parent
-from hub.keys import SINGLE, Layout
+from hub.core.auth import mint
+from hub.core.keys import SINGLE, Layout
+from hub.redis.embedded import die_with_parent
 
 SECRET = "test-secret-that-is-at-least-32-characters-long"
 REDIS_BINARY = shutil.which("redis-server")
@@ -382,7 +382,7 @@ def publish_pairs(
 ) -> list[str]:
     """Publish (account, payload) pairs through the publish script in one transaction: the
     notifier sees them all in one batch (on a cluster: one pipeline, per shard)."""
-    from hub.store import PUBLISH_SCRIPT
+    from hub.redis.store import PUBLISH_SCRIPT
 
     clustered = isinstance(redis_client, redis.RedisCluster)
     layout = CLUSTER_LAYOUT if clustered else SINGLE

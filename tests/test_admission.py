@@ -10,9 +10,9 @@ from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 from loadlib import raw
 
-from hub.admission import TokenBucket
 from hub.config import Settings
-from hub.state import SESSIONS
+from hub.core.admission import TokenBucket
+from hub.web.state import SESSIONS
 from tests.support import bearer, receive_events, receive_json, token, wait_until
 from tests.test_metrics import scrape
 from tests.test_ws import connect, publish

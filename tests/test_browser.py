@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from hub import keys
 from hub.client import token_expiry
 from hub.config import Settings
+from hub.core import keys
 from tests.support import (
     HubProcess,
     RedisServer,
@@ -172,7 +172,7 @@ async def test_events_once_in_order_across_resumes_and_a_reset(
         return web.Response(text="a scripted hub")
 
     async def client_js(_: web.Request) -> web.Response:
-        body = files("hub").joinpath("static", "client.js").read_bytes()
+        body = files("hub.client").joinpath("browser", "client.js").read_bytes()
         return web.Response(body=body, content_type="text/javascript")
 
     app = web.Application()

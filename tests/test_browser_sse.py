@@ -169,8 +169,8 @@ async def test_a_page_that_goes_away_frees_its_socket_at_once(
     """Chromium leaving a page sends its close frame, then resets the connection: the hub's
     reply sits in the kernel's queue for good, and counting it as on its way held the session
     (and its place in the per-account limit) for the whole close deadline."""
-    from hub.state import SESSIONS
-    from hub.websocket import CLOSE_TIMEOUT
+    from hub.web.state import SESSIONS
+    from hub.web.websocket import CLOSE_TIMEOUT
 
     client = await make_client(settings)
     sessions = client.app[SESSIONS]

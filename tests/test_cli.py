@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.auth import verify
+from hub.core.auth import verify
 from tests.support import SECRET, HubProcess, alive, free_port, secrets_in_logs, token, wait_for
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from hub.app import create_app
 from hub.client import HistoryLost, HubClient, HubRefused, token_expiry
 from hub.config import Settings
-from hub.server import HubRunner
+from hub.web.app import create_app
+from hub.web.server import HubRunner
 from tests.support import RedisServer, free_port, publish_many, token, wait_until
 
 

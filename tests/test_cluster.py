@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from hub.client import HubClient
 from hub.config import Settings
-from hub.state import STATS
+from hub.web.state import STATS
 from tests.support import (
     REDIS_CLI,
     RedisCluster,

@@ -10,9 +10,9 @@ import jwt
 import orjson
 import pytest
 
-from hub import protocol
-from hub.auth import MAX_EXPIRY, Claims, mint, parse_publish_list, require, verify
-from hub.cursor import (
+from hub.core import protocol
+from hub.core.auth import MAX_EXPIRY, Claims, mint, parse_publish_list, require, verify
+from hub.core.cursor import (
     StreamHead,
     StreamState,
     parse_epoch,
@@ -20,9 +20,9 @@ from hub.cursor import (
     position_lost,
     resolve_start,
 )
-from hub.errors import BadRequest, Forbidden, Unauthorized
-from hub.events import event_frame, parse_json, payload_json, validate_type
-from hub.ids import (
+from hub.core.errors import BadRequest, Forbidden, Unauthorized
+from hub.core.events import event_frame, parse_json, payload_json, validate_type
+from hub.core.ids import (
     MAX_ID,
     ZERO,
     StreamId,
@@ -30,8 +30,8 @@ from hub.ids import (
     validate_account_id,
     validate_idempotency_key,
 )
-from hub.protocol import Auth, CloseCode, Invalid, parse_message, refusal
-from hub.registry import Registry, Signal
+from hub.core.protocol import Auth, CloseCode, Invalid, parse_message, refusal
+from hub.core.registry import Registry, Signal
 from tests.support import SECRET
 
 S = StreamId.parse

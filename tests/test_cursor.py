@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.cursor import From, StreamHead, StreamState, parse_last_id, resolve_start
-from hub.errors import BadRequest
-from hub.ids import ZERO, StreamId, normalize_email, trimmed_past, validate_account_id
+from hub.core.cursor import From, StreamHead, StreamState, parse_last_id, resolve_start
+from hub.core.errors import BadRequest
+from hub.core.ids import ZERO, StreamId, normalize_email, trimmed_past, validate_account_id
 
 ids = st.builds(StreamId, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 

@@ -22,8 +22,8 @@ import yaml
 
 from hub.client import HubClient
 from hub.config import Settings
-from hub.eventstream import Parser
-from hub.websocket import CLOSE_TIMEOUT
+from hub.core.eventstream import Parser
+from hub.web.websocket import CLOSE_TIMEOUT
 from tests.support import (
     HUB_LOGS,
     HubProcess,

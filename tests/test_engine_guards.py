@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from hub.events import encode_payload
-from hub.ids import ZERO, StreamId
-from hub.notifier import Notifier
-from hub.reads import Reader
-from hub.registry import Registry, Signal
-from hub.stats import Stats
-from hub.store import Store, close, connect
+from hub.core.events import encode_payload
+from hub.core.ids import ZERO, StreamId
+from hub.core.registry import Registry, Signal
+from hub.core.stats import Stats
+from hub.engine.notifier import Notifier
+from hub.engine.reads import Reader
+from hub.redis.store import Store, close, connect
 from tests.support import RedisServer
 
 

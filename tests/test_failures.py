@@ -1,4 +1,4 @@
-"""The one classifier of Redis failures (hub.store.failure): what each error means to the
+"""The one classifier of Redis failures (hub.redis.store.failure): what each error means to the
 caller. Pure: the errors are built, not provoked."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hub.store import Failure, failure, unavailable
+from hub.redis.store import Failure, failure, unavailable
 
 
 @pytest.mark.parametrize(
@@ -48,8 +48,8 @@ def test_each_redis_failure_has_one_meaning(error: Exception, meaning: Failure |
 async def test_a_stated_redis_mode_is_taken_without_asking_redis() -> None:
     """HUB_REDIS_MODE=cluster or single: the layout is known even while Redis is away (a hub
     restarted during a failover); `auto` has to ask, and says it cannot."""
-    from hub.keys import SINGLE, Layout
-    from hub.store import REDIS_FAILURES, layout_of
+    from hub.core.keys import SINGLE, Layout
+    from hub.redis.store import REDIS_FAILURES, layout_of
 
     nowhere = "redis://127.0.0.1:1/0"
     assert await layout_of(nowhere, 16, "cluster") == Layout(16)

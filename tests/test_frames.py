@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loadlib.raw import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, client_frame
 
-from hub.frames import MaskedFrames
+from hub.core.frames import MaskedFrames
 
 # Lengths around each size class of the header: 7-bit, 16-bit and 64-bit.
 lengths = st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000])

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient
 from loadlib import hostile, raw
 
 from hub.config import Settings
-from hub.state import NOTIFIERS, SESSIONS
-from hub.websocket import CLOSE_TIMEOUT, HubWebSocket
+from hub.web.state import NOTIFIERS, SESSIONS
+from hub.web.websocket import CLOSE_TIMEOUT, HubWebSocket
 from tests.support import (
     SECRET,
     HubProcess,
@@ -205,7 +205,7 @@ async def test_a_position_deleted_on_purpose_is_not_a_loss(
 
 
 async def test_the_frame_check_wraps_aiohttp_s_parser(client: TestClient[Any, Any]) -> None:
-    """Pins what hub.websocket assumes of aiohttp: the parser it hands the connection is the
+    """Pins what hub.web.websocket assumes of aiohttp: the parser it hands the connection is the
     one the response keeps as `_parser`, so every client byte goes through the mask check."""
     opened: list[HubWebSocket] = []
     original = HubWebSocket.prepare

@@ -12,15 +12,15 @@ import pytest
 from aiohttp import WSMsgType
 
 from hub.config import Settings
-from hub.notifier import Notifier
-from hub.protocol import CloseCode
-from hub.registry import Registry
-from hub.session import Phase
-from hub.state import NOTIFIERS, READER, REGISTRY, SESSIONS, STORE
-from hub.stats import Stats
-from hub.store import Store
-from hub.store import close as close_redis
-from hub.store import connect as connect_redis
+from hub.core.protocol import CloseCode
+from hub.core.registry import Registry
+from hub.core.stats import Stats
+from hub.engine.notifier import Notifier
+from hub.engine.session import Phase
+from hub.redis.store import Store
+from hub.redis.store import close as close_redis
+from hub.redis.store import connect as connect_redis
+from hub.web.state import NOTIFIERS, READER, REGISTRY, SESSIONS, STORE
 from tests.support import (
     Monitor,
     RedisCluster,
@@ -390,7 +390,7 @@ async def test_a_read_sent_before_a_doubt_is_not_delivered_after_it(client: Any)
     """The race the doubt check must win: a read for an idle socket is on its way when the
     notifier learns Redis was lost. Its batch, unchecked, must not be written: it could carry
     the new history past a gap, and the socket's next check would then find nothing amiss."""
-    from hub.reads import Batch
+    from hub.engine.reads import Batch
 
     ws = await connect(client, "1", "?last_id=$")
     [session] = client.app[SESSIONS]
@@ -411,8 +411,8 @@ async def test_a_read_made_at_an_older_cursor_is_not_delivered(client: Any) -> N
     """A read for an idle socket was made at its cursor then; meanwhile the session read for
     itself and sent those events. The batch, read at the older cursor, must not be written:
     it would repeat them (`Session.deliver_read`: `self.cursor != cursor`)."""
-    from hub.ids import StreamId
-    from hub.reads import Batch
+    from hub.core.ids import StreamId
+    from hub.engine.reads import Batch
 
     ws = await connect(client, "1", "?last_id=$")
     sent = await publish(client, "1", "once")

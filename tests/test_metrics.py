@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.config import Settings
-from hub.state import SESSIONS
+from hub.web.state import SESSIONS
 from tests.support import RedisServer, bearer, receive_events, receive_json, wait_until
 from tests.test_sse import open_stream
 from tests.test_ws import connect, publish
@@ -97,7 +97,7 @@ def test_workers_numbers_add_up_and_a_dead_one_s_gauges_do_not() -> None:
 
     import orjson
 
-    from hub.stats import Gauges, Stats, add_snapshot, snapshot
+    from hub.core.stats import Gauges, Stats, add_snapshot, snapshot
 
     worker = Stats()
     worker.published["http"] += 3
@@ -117,7 +117,7 @@ def test_workers_numbers_add_up_and_a_dead_one_s_gauges_do_not() -> None:
 
 
 def test_close_codes_a_client_makes_up_are_one_label_value() -> None:
-    from hub.subscriptions import close_label
+    from hub.web.subscriptions import close_label
 
     assert [close_label(c) for c in (1000, 1001, 1006, 4008, 4429, None)] == [
         "1000",

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from hub.config import Settings
-from hub.keys import SINGLE, parse_single
+from hub.core.keys import SINGLE, parse_single
 from tests.support import RedisCluster, RedisServer, bearer, receive_events, receive_json
 
 pytestmark = pytest.mark.cluster

@@ -31,9 +31,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from hub.app import create_app
 from hub.config import Settings
-from hub.server import HubRunner
+from hub.web.app import create_app
+from hub.web.server import HubRunner
 from tests.support import RedisServer, bearer, free_port, wait_for, wait_until
 
 T = TypeVar("T")

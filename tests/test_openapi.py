@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.ids import MAX_ACCOUNT_ID_LENGTH, StreamId, is_valid_account_id, normalize_email
+from hub.core.ids import MAX_ACCOUNT_ID_LENGTH, StreamId, is_valid_account_id, normalize_email
 from tests.support import HubProcess, token
 
-DOCUMENT = json.loads((Path(__file__).parent.parent / "hub" / "openapi.json").read_text())
+DOCUMENT = json.loads((Path(__file__).parent.parent / "hub" / "web" / "openapi.json").read_text())
 CONFIG = Path(__file__).parent / "schemathesis.toml"
 
 

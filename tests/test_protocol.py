@@ -12,13 +12,13 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.http import WebSocketWriter
 
-from hub import frames, protocol
-from hub.auth import Claims, mint, parse_publish_list, verify
 from hub.config import AuthMode, Settings, load_settings
-from hub.errors import BadRequest, ConfigError, Unauthorized
-from hub.events import Event, decode_payload, encode_payload, parse_json
-from hub.ids import StreamId, parse_decimal
-from hub.protocol import Invalid, Ping, Publish, parse_message
+from hub.core import frames, protocol
+from hub.core.auth import Claims, mint, parse_publish_list, verify
+from hub.core.errors import BadRequest, ConfigError, Unauthorized
+from hub.core.events import Event, decode_payload, encode_payload, parse_json
+from hub.core.ids import StreamId, parse_decimal
+from hub.core.protocol import Invalid, Ping, Publish, parse_message
 from tests.support import SECRET
 
 
@@ -212,6 +212,7 @@ def test_every_variable_is_read() -> None:
             "HUB_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080/",
             "HUB_MAX_MESSAGE": "2048",
             "HUB_LOG_LEVEL": "DEBUG",
+            "HUB_SEND_TIMEOUT": "3",
         },
         dotenv=None,
     )
@@ -221,6 +222,7 @@ def test_every_variable_is_read() -> None:
     assert settings.data_dir == Path("/tmp/hub-data")
     assert (settings.retention, settings.max_message, settings.log_level) == (0, 2048, "debug")
     assert settings.allowed_origins == frozenset({"https://a.example", "http://b.example:8080"})
+    assert settings.send_timeout == 3.0
 
 
 @pytest.mark.parametrize(
@@ -235,6 +237,7 @@ def test_every_variable_is_read() -> None:
         ("HUB_ALLOWED_ORIGINS", "example.com"),
         ("HUB_MAX_MESSAGE", "10"),
         ("HUB_LOG_LEVEL", "loud"),
+        ("HUB_SEND_TIMEOUT", "0"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

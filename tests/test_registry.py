@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.registry import Registry, Signal
+from hub.core.registry import Registry, Signal
 
 accounts = st.sampled_from(["a", "b", "c", "d", "e"])
 
@@ -110,7 +110,7 @@ def test_registry_matches_a_model_under_any_register_unregister_sequence(
 #
 # A model of the signal protocol alone; tests/test_model.py drives the real engine.
 #
-# The session's protocol (hub/session.py): take the signal, read everything after its cursor,
+# The session's protocol (hub/engine/session.py): take the signal, read everything after its cursor,
 # then wait only while the signal is not pending. The producer appends an event to the stream,
 # then the notifier wakes the account. Whatever the interleaving, the session must end up
 # having read the event.

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from hub.auth import Claims
 from hub.config import Settings
-from hub.protocol import CloseCode
-from hub.reads import Reader
-from hub.registry import Registry
-from hub.session import _NEXT, MAX_QUEUED_REPLIES, Phase, ReplyQueue, Session
-from hub.stats import Stats
-from hub.store import Store
+from hub.core.auth import Claims
+from hub.core.protocol import CloseCode
+from hub.core.registry import Registry
+from hub.core.stats import Stats
+from hub.engine.reads import Reader
+from hub.engine.session import _NEXT, MAX_QUEUED_REPLIES, Phase, ReplyQueue, Session
+from hub.redis.store import Store
 
 
 def new_session() -> Session:

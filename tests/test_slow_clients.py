@@ -7,8 +7,8 @@ from typing import Any
 from aiohttp import WSMsgType
 
 from hub.config import Settings
-from hub.protocol import CloseCode
-from hub.state import SESSIONS
+from hub.core.protocol import CloseCode
+from hub.web.state import SESSIONS
 from tests.support import RedisServer, bearer, publish_many, receive_json, wait_until
 
 BIG = "x" * 100_000  # a few of these fill the socket buffers between hub and client

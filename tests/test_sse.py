@@ -1,7 +1,7 @@
 """Server-Sent Events at `/sse/{account_id}`: the sockets' guarantees for an `EventSource`.
 
 Over real TCP against a real Redis; the stream is read with the hub's own parser
-(`hub.eventstream.Parser`, itself checked against the encoder here). The browser's own
+(`hub.core.eventstream.Parser`, itself checked against the encoder here). The browser's own
 `EventSource` is driven in tests/test_browser_sse.py.
 """
 
@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub import eventstream
 from hub.config import Settings
-from hub.eventstream import Message, Parser
-from hub.state import SESSIONS
+from hub.core import eventstream
+from hub.core.eventstream import Message, Parser
+from hub.web.state import SESSIONS
 from tests.support import RedisServer, bearer, publish_many, token, wait_until
 from tests.test_ws import publish
 
@@ -230,7 +230,7 @@ async def test_a_client_gone_before_the_response_starts_is_forgotten_quietly(
     and nothing is logged as a failure (no 500 for a client that simply went away)."""
     from loadlib import raw
 
-    from hub.state import REGISTRY, STREAM_STATES
+    from hub.web.state import REGISTRY, STREAM_STATES
 
     coalesced = client.app[STREAM_STATES]
     read_states = coalesced._call

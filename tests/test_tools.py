@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.config import AuthMode, Settings
-from hub.state import STATS
+from hub.web.state import STATS
 from tests.support import SECRET, RedisServer, free_port, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from aiohttp import WSMsgType
 from loadlib import raw
 
 from hub.config import Settings
-from hub.protocol import CloseCode
-from hub.state import SESSIONS
+from hub.core.protocol import CloseCode
+from hub.web.state import SESSIONS
 from tests.support import (
     RedisServer,
     bearer,

@@ -35,7 +35,7 @@ from loadlib.processes import RedisProcess, free_port  # noqa: E402
 from run import ROOT, start  # noqa: E402
 
 from hub.config import Settings  # noqa: E402
-from hub.keys import Layout  # noqa: E402
+from hub.core.keys import Layout  # noqa: E402
 
 
 class Node(RedisProcess):

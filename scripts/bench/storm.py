@@ -404,8 +404,8 @@ class Publisher:
         import orjson
         import redis.asyncio as aioredis
 
-        from hub import keys
-        from hub.store import PUBLISH_SCRIPT
+        from hub.core import keys
+        from hub.redis.store import PUBLISH_SCRIPT
 
         redis = aioredis.Redis.from_url(self.redis_url)
         try:

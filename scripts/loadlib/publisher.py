@@ -14,8 +14,8 @@ import aiohttp
 import hiredis
 import orjson
 
-from hub import keys
-from hub.store import PUBLISH_SCRIPT
+from hub.core import keys
+from hub.redis.store import PUBLISH_SCRIPT
 from loadlib import wsclient
 
 MAX_IN_FLIGHT = 64

@@ -1,7 +1,7 @@
 """A minimal event-stream (SSE) client for load generation, as `EventSource` connects: one
 HTTP/1.1 GET, a chunked `text/event-stream` body. An asyncio Protocol like `wsclient`, so
 that one process drives thousands of streams; events are parsed by the hub's own
-`hub.eventstream.Parser`."""
+`hub.core.eventstream.Parser`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import orjson
 
-from hub.eventstream import Parser
+from hub.core.eventstream import Parser
 from loadlib.wsclient import Handshake, LoadClient, open_client
 
 
