@@ -421,3 +421,130 @@ def test_hub_publish_reaches_a_cluster_and_checks_its_layout(
     assert other.stderr.count("\n") == 1
     assert "shards=16" in other.stderr
     assert len(client.xrange(layout.account_log("7"))) == 1
+
+
+def _publish(client: Client, account: str, **headers: str) -> Any:
+    return client.post(
+        f"/accounts/{account}/events", json={"type": "T"}, headers={**bearer("p", "*"), **headers}
+    )
+
+
+async def test_an_error_reply_to_the_wait_is_answered_504_not_503(
+    cluster: RedisCluster, make_client: Any, settings: Settings
+) -> None:
+    """An error reply to WAIT (a demoted primary's UNBLOCKED; here NOPERM, which alone would
+    read as "refused, nothing done") comes after the event was stored: its fate is unknown,
+    504 `outcome_unknown`, never 503, which would tell a client without a key to publish again."""
+    client = await make_client(settings, redis_url=cluster.url)
+    layout = cluster.layout
+    account = "u1"
+    master = cluster.master_of(layout.index(layout.shard_of(account)))
+    assert (await _publish(client, account)).status == 201
+    master.client().execute_command("ACL", "SETUSER", "default", "-wait")
+    response = await _publish(client, account)
+    assert (response.status, (await response.json())["error"]) == (504, "outcome_unknown")
+    assert len(await _history(client, account)) == 2  # it was stored
+
+
+async def test_a_publish_after_the_node_closed_the_pooled_connections_is_stored(
+    cluster: RedisCluster, make_client: Any, settings: Settings
+) -> None:
+    """A node that closed the hub's connections (restarted, or CLIENT KILL as here): the
+    pooled connection is found closed before the publish is sent on it, and replaced."""
+    client = await make_client(settings, redis_url=cluster.url)
+    layout = cluster.layout
+    account = "k1"
+    master = cluster.master_of(layout.index(layout.shard_of(account)))
+    assert (await _publish(client, account)).status == 201
+    master.client().execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    response = await _publish(client, account)
+    assert response.status == 201, await response.text()
+    assert len(await _history(client, account)) == 2
+
+
+async def test_more_publishes_than_a_node_s_connections_wait_for_one(
+    cluster: RedisCluster, make_client: Any, settings: Settings
+) -> None:
+    """A node's pool raises at once when no connection is free; publishes wait instead, as
+    on a single Redis (the hub's own gate per node)."""
+    client = await make_client(settings, redis_url=cluster.url, redis_pool_size=2, wait_replicas=0)
+    account = "g1"
+    responses = await asyncio.gather(*(_publish(client, account) for _ in range(20)))
+    assert [r.status for r in responses] == [201] * 20
+    assert len(await _history(client, account)) == 20
+
+
+async def test_a_publish_answered_tryagain_waits_for_the_slot_s_keys_to_move(
+    cluster: RedisCluster, make_client: Any, settings: Settings
+) -> None:
+    """While a slot's keys are half moved, a multi-key command is answered TRYAGAIN: nothing
+    ran. The publish pauses before each new try (REDIRECTS of them), so that a migration
+    finishing meanwhile lets it through rather than every try failing within a millisecond."""
+    client = await make_client(settings, redis_url=cluster.url)
+    layout = cluster.layout
+    account = "r1"
+    log_key = layout.account_log(account)
+    source = cluster.master_of(log_key)
+    target = next(m for m in cluster.masters() if m is not source)
+    assert (await _publish(client, account)).status == 201  # the account's keys exist
+    src, dst = source.client(), target.client()
+    slot = int(src.execute_command("CLUSTER", "KEYSLOT", log_key))
+    ids = [node.execute_command("CLUSTER", "MYID").decode() for node in (src, dst)]
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[0])
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[1])
+    src.execute_command("MIGRATE", "127.0.0.1", target.port, log_key, 0, 5000)
+
+    def tryagains() -> int:
+        stats = src.info("errorstats")
+        return int(stats.get("errorstat_TRYAGAIN", {}).get("count", 0))
+
+    publishing = asyncio.ensure_future(_publish(client, account))
+    await wait_until(lambda: tryagains() > 0, what="a TRYAGAIN")
+    rest = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *rest)
+    for node in (dst, src, *(m.client() for m in cluster.masters() if m not in (source, target))):
+        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[1])
+    response = await publishing
+    assert response.status == 201, await response.text()
+    assert len(await _history(client, account)) == 2
+
+
+async def test_repeated_moved_replies_do_not_cut_a_publish_in_flight_elsewhere(
+    cluster: RedisCluster, make_client: Any, settings: Settings
+) -> None:
+    """redis-py closes every node's connections on each 5th MOVED by default (to reload the
+    cluster): a publish waiting on another node would lose its connection and be answered
+    504. The hub's client only updates the moved slot."""
+    client = await make_client(settings, redis_url=cluster.url, wait_timeout_ms=9000)
+    layout = cluster.layout
+    account = "u1"
+    home = cluster.master_of(layout.index(layout.shard_of(account)))
+    replica = cluster.replica_of(home)
+    assert (await _publish(client, account)).status == 201
+    # A shard no one published to (its slot holds no key) on the other masters, and an
+    # account of it whose history the hub reads through redis-py after each move.
+    masters = cluster.masters()  # asked before the replica is paused: it would not answer
+    others = [m for m in masters if m is not home]
+    shard = next(
+        s for s in layout.index_shards() if cluster.master_of(layout.index(s)) is others[0]
+    )
+    reader = next(f"h{n}" for n in range(10_000) if layout.shard_of(f"h{n}") == shard)
+    slot = int(others[0].client().execute_command("CLUSTER", "KEYSLOT", layout.index(shard)))
+    ids = [m.client().execute_command("CLUSTER", "MYID").decode() for m in others]
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        publishing = asyncio.ensure_future(_publish(client, account))
+        admin = home.client()
+        await wait_until(
+            lambda: any(c.get("cmd") == "wait" for c in admin.client_list()),
+            what="the publish's WAIT",
+        )
+        for move in range(6):  # MOVED each time: the hub's client knows the old owner
+            for master in masters:
+                master.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[~move % 2])
+            await _history(client, reader)
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    response = await publishing
+    assert response.status == 201, await response.text()
