@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Faults against real processes on loopback, and what the clients got.
 
-    .venv/bin/python scripts/chaos.py            # every scenario at full length (~3 min)
-    .venv/bin/python scripts/chaos.py --short    # shorter faults and fewer events (~1.5 min)
+    .venv/bin/python scripts/chaos.py            # every scenario at full length (~3.5 min)
+    .venv/bin/python scripts/chaos.py --short    # shorter faults and fewer events (~40 s)
     .venv/bin/python scripts/chaos.py --only redis-sigstop,hub-kill
 
 Each scenario starts its own redis-server (persistence as named) and `hub serve`, with
 ACCOUNTS accounts and CLIENTS resuming clients on each (hub.client.HubClient: it reconnects,
-resumes from its last event with its epoch, and reports `recovered: false`), and a publisher
+resumes from its last event with its epoch, and reports `recovered: false`; in the
+slow-readers scenario also one raw-socket client per account that stops reading), and a publisher
 over HTTP giving each event an idempotency key and retrying 503 and 504 until the hub
 acknowledges it. The fault strikes while events flow; then the clients get a few seconds to
 catch up. For each scenario:
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
+from loadlib import raw  # noqa: E402
 from loadlib.processes import HubServer, RedisProcess  # noqa: E402
 
 from hub.client import HubClient  # noqa: E402
@@ -63,6 +65,9 @@ class Fault:
     persistence: str
     strike: Callable[[Run], Awaitable[None]]
     what: str
+    slow_readers: int = 0  # per account, beside the resuming clients (`SlowReader`)
+    pad: int = 0  # bytes of padding in each payload
+    env: dict[str, str] = field(default_factory=dict)  # for the hub
 
 
 @dataclass
@@ -86,6 +91,89 @@ class Watcher:
     seen: list[str | None] = field(default_factory=list)  # None: told to resync
     task: asyncio.Task[None] | None = None
 
+    async def close(self) -> None:
+        """Leave, and take in what was received before."""
+        await self.client.close()
+        if self.task is not None:
+            await self.task
+
+
+class SlowReader:
+    """A client on a raw socket with a small kernel buffer, reading until told to `stall`: then
+    it reads nothing for a while, so that the hub's writes to it wait past HUB_SEND_TIMEOUT,
+    then reads on. Closed by the hub (4008, or without a close frame when even that could not
+    reach it), it resumes with its epoch from the close reason's ID, or else from its last
+    event, as the README tells clients to."""
+
+    def __init__(self, run: Run, account: str) -> None:
+        self.account = account
+        self.seen: list[str | None] = []  # None: told to resync
+        self.closes: list[int | None] = []  # the close code of each connection that ended
+        self._connection: raw.Connection | None = None
+        self._done = False
+        self.task = asyncio.create_task(self._read(run))
+
+    async def _read(self, run: Run) -> None:
+        last_id = epoch = None
+        while not self._done:
+            assert run.hub is not None
+            query = f"?last_id={last_id}&epoch={epoch}" if last_id else ""
+            headers = {"Authorization": f"Bearer {_token(self.account)}"}
+            try:
+                connection, reply = await raw.websocket(
+                    "127.0.0.1",
+                    run.hub.port,
+                    f"/ws/{self.account}{query}",
+                    headers=headers,
+                    receive_buffer=4096,
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.2)  # the hub is away: reconnect pacing
+                continue
+            if reply.status != 101:
+                await connection.close()
+                await asyncio.sleep(0.2)  # refused while the hub starts: reconnect pacing
+                continue
+            self._connection = connection
+            try:
+                while True:
+                    frame = await connection.read_frame(timeout=300)
+                    if frame.opcode == raw.OP_PING:
+                        connection.send_frame(raw.OP_PONG, frame.payload)
+                    elif frame.opcode == raw.OP_CLOSE:
+                        self.closes.append(frame.close_code)
+                        # Where the hub says to resume: were it past what was written, events
+                        # would be lost; were it behind, repeated.
+                        last_id = frame.close_reason or last_id
+                        break
+                    elif (message := json.loads(frame.payload)).get("op") == "welcome":
+                        epoch = message["epoch"]
+                        if not message["recovered"]:
+                            self.seen.append(None)
+                    elif "id" in message:
+                        self.seen.append(message["id"])
+                        last_id = message["id"]
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                if not self._done:
+                    self.closes.append(None)
+            finally:
+                self._connection = None
+                await connection.close()
+
+    async def stall(self, seconds: float) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        connection.stop_reading()
+        await asyncio.sleep(seconds)  # the stall itself
+        connection.resume_reading()
+
+    async def close(self) -> None:
+        self._done = True
+        if self._connection is not None:
+            await self._connection.close()
+        await self.task
+
 
 class Run:
     """One scenario's processes, clients and publisher."""
@@ -96,6 +184,7 @@ class Run:
         self.hub: HubServer | None = None
         self.directory = directory
         self.watchers: list[Watcher] = []
+        self.slow: list[SlowReader] = []
         self.acked: dict[str, list[str]] = {}
         self.published = 0
         self.stopping = False
@@ -104,7 +193,7 @@ class Run:
 
     def start(self) -> None:
         self.redis.start()
-        self.hub = HubServer(self.redis.url, SECRET, self.directory / "hub.log")
+        self.hub = HubServer(self.redis.url, SECRET, self.directory / "hub.log", **self.fault.env)
         self.hub.start()
 
     def stop(self) -> None:
@@ -150,7 +239,7 @@ class Run:
             try:
                 async with session.post(
                     f"{self.hub.url}/accounts/{account}/events",
-                    json={"type": "Chaos", "payload": {"n": n}},
+                    json={"type": "Chaos", "payload": {"n": n, "pad": "x" * self.fault.pad}},
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=15),
                 ) as response:
@@ -180,6 +269,7 @@ class Run:
         for account in accounts:
             for _ in range(CLIENTS):
                 self.watch(account)
+            self.slow += [SlowReader(self, account) for _ in range(self.fault.slow_readers)]
         events = 150 if self.short else 600
         rate = 50.0  # per second: the fault lands mid-run
         async with aiohttp.ClientSession() as session:
@@ -214,23 +304,25 @@ class Run:
         deadline = time.monotonic() + (10 if self.short else 20)
         while time.monotonic() < deadline and not self._caught_up(stored):  # noqa: ASYNC110
             await asyncio.sleep(0.1)  # polls what the clients got, up to the deadline
-        for watcher in self.watchers:
-            await watcher.client.close()
-            if watcher.task is not None:
-                await watcher.task
+        for client in self.clients:
+            await client.close()
         return self._count(stored)
+
+    @property
+    def clients(self) -> list[Watcher | SlowReader]:
+        return [*self.watchers, *self.slow]
 
     def _caught_up(self, stored: dict[str, list[str]]) -> bool:
         return all(
             set(self.acked.get(w.account, [])) & set(stored[w.account]) <= set(w.seen)
-            for w in self.watchers
+            for w in self.clients
         )
 
     def _count(self, stored: dict[str, list[str]]) -> Outcome:
         out = Outcome(self.fault.name, published=self.published)
         out.acknowledged = sum(map(len, self.acked.values()))
-        by_account: dict[str, list[Watcher]] = {}
-        for watcher in self.watchers:
+        by_account: dict[str, list[Watcher | SlowReader]] = {}
+        for watcher in self.clients:
             by_account.setdefault(watcher.account, []).append(watcher)
         for account, watchers in by_account.items():
             acked, kept = set(self.acked.get(account, [])), set(stored[account])
@@ -248,6 +340,12 @@ class Run:
             out.verdict = "FAILED"
         if self.fault.persistence == "none" and out.recovered_false:
             out.note = "Redis forgot everything: clients were told"
+        if self.slow:
+            closes = [code for reader in self.slow for code in reader.closes]
+            slow, abrupt = closes.count(4008), closes.count(None)
+            out.note = f"{slow} closed with 4008, {abrupt} ended without a close frame"
+            if not slow + abrupt:
+                out.verdict = "NOT EXERCISED"  # no reader was slow enough: the run proves nothing
         return out
 
 
@@ -287,13 +385,17 @@ async def hub_drain(run: Run) -> None:
     await asyncio.to_thread(run.hub.start)
 
 
+async def slow_readers(run: Run) -> None:
+    """Every slow reader stops reading for three times the hub's send timeout."""
+    pause = 3 * float(run.fault.env["HUB_SEND_TIMEOUT"])
+    await asyncio.gather(*(reader.stall(pause) for reader in run.slow))
+
+
 async def churn(run: Run) -> None:
     """Every client leaves and comes back with its position, in waves, for a few seconds."""
     for _ in range(3 if run.short else 8):
         for watcher in [w for w in run.watchers if w.client.state != "closed"][::2]:
-            await watcher.client.close()
-            if watcher.task is not None:
-                await watcher.task  # what it had received before the close, taken in
+            await watcher.close()  # what it had received before the close, taken in
             position, epoch = watcher.client.last_id, watcher.client.epoch
             run.watchers.remove(watcher)
             # The same client's life goes on from where it was, on a new connection.
@@ -308,6 +410,15 @@ FAULTS = [
     Fault("redis-restart-empty", "none", redis_kill, "Redis restarted without persistence"),
     Fault("hub-kill", "everysec", hub_kill, "hub kill -9, started again"),
     Fault("hub-drain", "everysec", hub_drain, "hub SIGTERM (drain), started again"),
+    Fault(
+        "slow-readers",
+        "everysec",
+        slow_readers,
+        "a client per account stops reading for 3x HUB_SEND_TIMEOUT (2 s)",
+        slow_readers=1,
+        pad=250_000,  # the kernel's buffers hold a few MB: enough to fill them meanwhile
+        env={"HUB_SEND_TIMEOUT": "2", "HUB_MAX_MESSAGE": "300000"},
+    ),
     Fault("churn", "everysec", churn, "clients leave and resume, in waves"),
 ]
 

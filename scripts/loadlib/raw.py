@@ -187,6 +187,12 @@ class Connection:
         assert isinstance(transport, asyncio.ReadTransport)
         transport.pause_reading()
 
+    def resume_reading(self) -> None:
+        """Read again after `stop_reading`."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.resume_reading()
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
