@@ -146,7 +146,7 @@ class Coalesced(Generic[K, V]):
 
     `call` maps a list of keys to one value per key, in order. Alone, a call goes at once;
     under a burst, each round trip carries everything that arrived during the previous one.
-    The calls run in their own task: a caller cancelled while waiting leaves its batch alone,
+    The calls run in their own task: a caller cancelled while waiting leaves its group alone,
     so a Redis command is never cancelled mid-flight (see `uncancellable`).
     """
 
@@ -163,25 +163,25 @@ class Coalesced(Generic[K, V]):
         return await future
 
     async def _run(self) -> None:
-        batch: list[tuple[K, asyncio.Future[V]]] = []
+        group: list[tuple[K, asyncio.Future[V]]] = []
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
+                group, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
                 try:
-                    values = await self._call([key for key, _ in batch])
-                    if len(values) != len(batch):
-                        raise RuntimeError(f"{len(values)} values for {len(batch)} keys")
+                    values = await self._call([key for key, _ in group])
+                    if len(values) != len(group):
+                        raise RuntimeError(f"{len(values)} values for {len(group)} keys")
                 except Exception as error:
-                    for _, future in batch:
+                    for _, future in group:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                for (_, future), value in zip(batch, values, strict=True):
+                for (_, future), value in zip(group, values, strict=True):
                     if not future.done():
                         future.set_result(value)
         finally:
             self._task = None
-            for _, future in [*batch, *self._waiting]:
+            for _, future in [*group, *self._waiting]:
                 future.cancel()  # only those still waiting: we are being cancelled
             self._waiting = []
 

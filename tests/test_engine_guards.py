@@ -74,7 +74,7 @@ async def test_a_notifier_that_lags_past_the_index_trim_wakes_every_account(redi
     registry = Registry()
     quiet = Signal()
     registry.register("quiet", quiet)
-    notifier = Notifier(store, registry, block_ms=100, batch=10)
+    notifier = Notifier(store, registry, block_ms=100, per_read=10)
     await notifier.start_position()
     await notifier._read_once(in_doubt=True)  # the loop's first read: it wakes everyone
     assert quiet.take()

@@ -375,7 +375,7 @@ async def test_the_notifier_stops_at_the_end_of_its_block_without_a_cancellation
     redis = connect_redis(redis_server.url, pool_size=1, socket_timeout=5, cluster=layout.clustered)
     stats = Stats()
     store = Store(redis, retention=100, index_retention=100, layout=layout)
-    notifier = Notifier(store, Registry(), block_ms=200, batch=10, stats=stats)
+    notifier = Notifier(store, Registry(), block_ms=200, per_read=10, stats=stats)
     task = asyncio.create_task(notifier.run())
     try:
         await wait_until(lambda: sum(stats.notifier_reads.values()) >= 2, what="a blocking read")

@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 
 def accounts_of(entries: Iterable[Entry]) -> set[str]:
-    """The valid account IDs named by a batch of index entries."""
+    """The valid account IDs named by the index entries of one read."""
     accounts = set()
     for _, fields in entries:
         raw = fields.get(b"account")
@@ -46,7 +46,7 @@ class Notifier:
         registry: Registry,
         *,
         block_ms: int,
-        batch: int,
+        per_read: int,
         shard: int = 0,
         clock: Callable[[], float] = time.monotonic,
         on_doubt: Callable[[Callable[[str], bool]], None] | None = None,
@@ -59,7 +59,7 @@ class Notifier:
         self._serving: str | None = None  # the node serving the shard at the last read
         self._registry = registry
         self._block_ms = block_ms
-        self._batch = batch
+        self._per_read = per_read  # index entries per XREAD
         self._clock = clock
         self._on_doubt = on_doubt
         self.position: StreamId | None = None
@@ -131,7 +131,7 @@ class Notifier:
             in_doubt = True
             self._serving = serving
         block = None if in_doubt else self._block_ms
-        entries = await self._store.read_index(before, self._batch, block, self.shard)
+        entries = await self._store.read_index(before, self._per_read, block, self.shard)
         self.last_read_at = self._clock()
         self._stats.notifier_reads[self._shard_label] += 1
         self._stats.notifier_batch.observe(len(entries))
@@ -146,10 +146,10 @@ class Notifier:
             return
         self.position = StreamId.parse(entries[-1][0])
         self._registry.wake(accounts_of(entries))
-        # A short batch proves nothing was trimmed unread (the index keeps far more than a
-        # batch). A full one means we lag: if the index was trimmed past where we were,
+        # A short read proves nothing was trimmed unread (the index keeps far more than a
+        # read's worth). A full one means we lag: if the index was trimmed past where we were,
         # wake everyone rather than guess.
-        if len(entries) >= self._batch and (await self._store.index_head(self.shard)).lost_after(
+        if len(entries) >= self._per_read and (await self._store.index_head(self.shard)).lost_after(
             before
         ):
             log.warning("notifier_overrun", shard=self.shard, position=str(before))

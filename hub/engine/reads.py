@@ -4,7 +4,7 @@ position share one XREAD, and all the accounts woken together are read in one ro
 A session may join a read already on its way to Redis only if that read started after the
 account's last wake (`Registry.woken_at`): an older read may miss the events of that wake.
 Otherwise it asks for a new read, which waits for the end of the current loop iteration so
-that every session woken by the same notifier batch asks before the reads are sent.
+that every session woken by the same notifier read asks before the reads are sent.
 
 Idle sessions are not even woken: a wake hands them here (`read_for`), the read is made on
 their behalf (their signal taken just before it is sent), and the events are written to each

@@ -159,7 +159,7 @@ async def _redis_and_notifier(app: web.Application) -> AsyncIterator[None]:
             app[REGISTRY],
             shard=shard,
             block_ms=settings.block_ms,
-            batch=settings.index_batch,
+            per_read=settings.index_batch,
             on_doubt=lambda mine: _doubt_positions(app, mine),
             stats=app[STATS],
         )
