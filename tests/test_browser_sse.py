@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from hub.config import Settings
-from tests.support import HubProcess, RedisServer, free_port, publish_many, token
+from tests.support import HubProcess, RedisServer, free_port, publish_many, token, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -186,7 +186,4 @@ async def test_a_page_that_goes_away_frees_its_socket_at_once(
     )
     assert len(sessions) == 1
     await page.close()
-    deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT - 2
-    while sessions:
-        assert asyncio.get_running_loop().time() < deadline, "the session outlived the page"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: not sessions, CLOSE_TIMEOUT - 2, "the session to end with the page")

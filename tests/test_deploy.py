@@ -220,7 +220,7 @@ async def publish(http: aiohttp.ClientSession, url: str, payload: Any) -> str:
                 assert r.status >= 500, await r.text()
         except aiohttp.ClientError:
             pass
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # retry pacing, not a synchronisation
     raise AssertionError("the publish was never acknowledged")
 
 
@@ -255,7 +255,7 @@ async def test_nginx_fronts_two_hubs_through_a_rolling_restart(
             while not stop.is_set():
                 acknowledged.append(await publish(http, proxy.url("/accounts/acct/events"), n))
                 n += 1
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the publishing rate
 
         publisher = asyncio.create_task(publish_steadily())
         for index, hub in enumerate(two_hubs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -82,10 +81,7 @@ async def test_redis_failures_and_the_notifier_s_recovery_are_counted(
     async def recovered() -> bool:
         return (await scrape(client)).get(("hub_notifier_recoveries_total", ()), 0) >= 1
 
-    deadline = asyncio.get_running_loop().time() + 20
-    while not await recovered():
-        assert asyncio.get_running_loop().time() < deadline, "the notifier did not recover"
-        await asyncio.sleep(0.1)
+    await wait_until(recovered, 20, "the notifier's recovery")
     metrics = await scrape(client)
     assert metrics[("hub_redis_errors_total", (("where", "publish"),))] == 1
     assert metrics[("hub_redis_errors_total", (("where", "notifier"),))] >= 1

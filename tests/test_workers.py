@@ -78,7 +78,7 @@ async def publish(http: aiohttp.ClientSession, hub: HubProcess, account: str, n:
                     return str((await response.json())["id"])
         except aiohttp.ClientError:
             pass
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # retry pacing, not a synchronisation
     raise AssertionError("not published")
 
 
