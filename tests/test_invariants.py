@@ -426,6 +426,28 @@ async def test_a_read_made_at_an_older_cursor_is_not_delivered(client: Any) -> N
     assert [e["id"] for e in await receive_events(ws, 1)] == [later]  # not `sent` again
 
 
+async def test_a_read_made_for_a_parked_socket_is_not_written_once_it_is_busy(
+    client: Any,
+) -> None:
+    """A read made for an idle socket comes back after a reply woke its delivery task. The
+    task may be reading the same position itself (a wake came meanwhile): only a parked
+    session takes a read made for it (`Session.deliver_read`: the phase check)."""
+    from hub.core import protocol
+    from hub.engine.reads import Batch
+
+    ws = await connect(client, "1", "?last_id=$")
+    [session] = client.app[SESSIONS]
+    await wait_until(lambda: session.phase is Phase.PARKED, what="the socket to be idle")
+    await session.reply(protocol.PONG.encode())  # the delivery task is busy from here
+    assert session.phase is Phase.SENDING
+    frame = b'{"id":"9-0","type":"T","payload":null}'
+    batch = Batch(ids=[b"9-0"], frames=[frame], full=False, lost=False)
+    assert session.deliver_read(session.cursor, batch) is False
+    assert await receive_text(ws) == protocol.PONG.encode().decode()
+    later = await publish(client, "1", "next")
+    assert [e["id"] for e in await receive_events(ws, 1)] == [later]  # 9-0 never came
+
+
 async def test_a_session_whose_read_failed_checks_its_position_next(
     make_client: Any, settings: Settings, own_redis: RedisServer
 ) -> None:
