@@ -17,7 +17,7 @@ from hub.core.stats import Stats
 from hub.engine.notifier import Notifier
 from hub.engine.reads import Reader
 from hub.redis.store import Store, close, connect
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_until
 
 
 class GatedStore(Store):
@@ -64,6 +64,66 @@ async def test_a_read_answered_before_a_wake_is_not_shared_after_it(redis: Any) 
 
     assert (await first).ids == []
     assert [i.decode() for i in (await second).ids] == [published.id]
+
+
+class IdleSession:
+    """What the reader sees of a parked session it reads for (`reads.Listener`)."""
+
+    def __init__(self, account: str) -> None:
+        self.account, self.cursor, self.signal = account, ZERO, Signal()
+        self.epoch, self.in_doubt = "", False
+        self.delivered: list[list[bytes]] = []
+
+    def deliver_read(self, cursor: StreamId, batch: Any) -> bool:
+        self.delivered.append(batch.ids)
+        if batch.ids:
+            self.cursor = batch.position_after(len(batch.ids))
+        return True
+
+    def resume(self) -> None:
+        raise AssertionError("a read that could be delivered was handed back")
+
+
+async def test_a_wake_during_a_read_made_for_an_idle_session_is_kept(redis: Any) -> None:
+    """The reader takes an idle session's signal just before it sends the read it makes for
+    it: a wake that lands once the read is on its way (its event may be missing from it)
+    stays set, so the session reads again (`Reader._flush`)."""
+    store = GatedStore(redis, retention=100, index_retention=100)
+    registry = Registry()
+    session = IdleSession("a")
+    registry.register("a", session.signal)
+    reader = Reader(store, registry, 10, Stats())
+    registry.wake(["a"])
+    reader.read_for(session)
+    await asyncio.wait_for(store.answered.wait(), 5)  # answered: nothing yet
+    await store.publish("a", "T", encode_payload("after the read"))
+    registry.wake(["a"])  # the notifier announces it while the read is on its way
+    store.gate.set()
+    await wait_until(lambda: bool(session.delivered), what="the read's delivery")
+    assert session.delivered == [[]]
+    assert session.signal.pending  # kept: the session reads again and gets the event
+
+
+async def test_a_session_cancelled_mid_read_does_not_take_the_shared_read_with_it(
+    redis: Any,
+) -> None:
+    """Reads are shared: by sessions at one position (one future) and by every account read
+    in one round trip. A session cancelled while it waits (its server torn down) must leave
+    that read alone for the others (`Reader.read`: `asyncio.shield`)."""
+    store = GatedStore(redis, retention=100, index_retention=100)
+    reader = Reader(store, Registry(), 10, Stats())
+    first = await store.publish("a", "T", encode_payload(1))
+    other = await store.publish("b", "T", encode_payload(2))
+    leaving = asyncio.create_task(reader.read("a", ZERO))
+    staying = asyncio.create_task(reader.read("a", ZERO))  # the same position: one future
+    elsewhere = asyncio.create_task(reader.read("b", ZERO))  # the same round trip
+    await asyncio.wait_for(store.answered.wait(), 5)
+    leaving.cancel()
+    store.gate.set()
+    assert [i.decode() for i in (await staying).ids] == [first.id]
+    assert [i.decode() for i in (await elsewhere).ids] == [other.id]
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
 
 
 async def test_a_notifier_that_lags_past_the_index_trim_wakes_every_account(redis: Any) -> None:

@@ -426,6 +426,36 @@ async def test_a_read_made_at_an_older_cursor_is_not_delivered(client: Any) -> N
     assert [e["id"] for e in await receive_events(ws, 1)] == [later]  # not `sent` again
 
 
+async def test_an_event_published_while_a_socket_pins_its_start_reaches_it(
+    client: Any,
+) -> None:
+    """The open registers the socket before it reads where the stream ends (`subscriptions.
+    pin`): an event published just after that read, and announced by the notifier before the
+    socket is served, must still wake it (it is after the pinned position)."""
+    from hub.core.ids import StreamId
+    from hub.web.state import STREAM_STATES
+
+    stream_states = client.app[STREAM_STATES]
+    read_states = stream_states._call
+    published: list[str] = []
+
+    async def states_then_an_event(positions: Any) -> Any:
+        states = await read_states(positions)
+        published.append(await publish(client, "1", "just after the pin"))
+        sent = StreamId.parse(published[0])
+        notifiers = client.app[NOTIFIERS]
+        await wait_until(
+            lambda: any(n.position is not None and n.position >= sent for n in notifiers),
+            what="the notifier to announce the event",
+        )
+        return states
+
+    stream_states._call = states_then_an_event
+    ws = await connect(client, "1", "?last_id=$")
+    stream_states._call = read_states
+    assert [e["id"] for e in await receive_events(ws, 1)] == published
+
+
 async def test_a_read_made_for_a_parked_socket_is_not_written_once_it_is_busy(
     client: Any,
 ) -> None:
