@@ -478,6 +478,28 @@ async def test_a_read_made_for_a_parked_socket_is_not_written_once_it_is_busy(
     assert [e["id"] for e in await receive_events(ws, 1)] == [later]  # 9-0 never came
 
 
+async def test_a_read_handed_back_while_the_socket_is_busy_is_made_by_the_socket(
+    client: Any,
+) -> None:
+    """The reader hands back a read it made for an idle socket because a reply made the
+    socket's task busy meanwhile. The task reads for itself before it parks again: handing the
+    wake to the reader once more could repeat forever while replies keep it busy."""
+    from hub.core import protocol
+    from hub.web.state import READER
+
+    ws = await connect(client, "1", "?last_id=$")
+    [session] = client.app[SESSIONS]
+    await wait_until(lambda: session.phase is Phase.PARKED, what="the socket to be idle")
+    reader = client.app[READER]
+    read_for, asked = reader.read_for, []
+    reader.read_for = lambda listener: (asked.append(listener), read_for(listener))[1]  # type: ignore[method-assign]
+    await session.reply(protocol.PONG.encode())  # busy from here
+    session.resume()  # as the reader does when its read finds the task busy
+    assert await receive_text(ws) == protocol.PONG.encode().decode()
+    await wait_until(lambda: session.phase is Phase.PARKED, what="the socket to be idle again")
+    assert asked == []  # it read for itself, and parked with nothing pending
+
+
 async def test_a_session_whose_read_failed_checks_its_position_next(
     make_client: Any, settings: Settings, own_redis: RedisServer
 ) -> None:

@@ -60,7 +60,7 @@ class Phase(enum.Enum):
     SENDING = "sending"  # the delivery task reads, writes and sends replies
     PARKED = "parked"  # the delivery task waits: wakes are handed to the reader
     CLOSING = "closing"  # a close code is decided: the task ends its write and closes
-    CLOSED = "closed"  # the close is sent (or the client was gone)
+    CLOSED = "closed"  # the delivery task has ended
 
 
 _NEXT: dict[Phase, frozenset[Phase]] = {
@@ -115,10 +115,12 @@ class ReplyQueue:
 class Session:
     """The state of one subscriber: an account, a cursor, a signal, a phase, its replies.
 
-    Beside the phase, one fact: whether the reader has a read for us on its way
-    (`_handed_off`). It may outlive the parking that asked for it, and while it is out no
-    other is asked for: a second read, sent before the first is delivered, would read the
-    same events.
+    Beside the phase, two facts. Whether the reader has a read for us on its way
+    (`_handed_off`): it may outlive the parking that asked for it, and while it is out no
+    other is asked for (a second read, sent before the first is delivered, would read the
+    same events). And whether the reader handed its read back while the task was busy
+    (`_read_next`): the task then reads for itself before it parks again, rather than handing
+    the wake to the reader once more (replies keeping it busy could make that go on forever).
     """
 
     __slots__ = (
@@ -129,6 +131,7 @@ class Session:
         "_handed_off",
         "_phase",
         "_read_backoff",
+        "_read_next",
         "_reader",
         "_replies",
         "_settings",
@@ -171,6 +174,7 @@ class Session:
         # Memory per socket matters: what only some sockets need is created when needed.
         self._waiter: asyncio.Future[None] | None = None  # the delivery task, parked
         self._handed_off = False  # the reader is reading for us (see `_hand_off`)
+        self._read_next = False  # the reader handed a read back while we were busy
         self.epoch = ""  # of the account's history, from the welcome
         # Redis may have lost data since our last read (it failed, or the notifier lost it):
         # the next read first checks that our position is still there.
@@ -218,6 +222,8 @@ class Session:
     def resume(self) -> None:
         """The reader could not deliver what it read for us: read it ourselves."""
         self._handed_off = False
+        if self._phase is Phase.SENDING:
+            self._read_next = True  # busy: read before parking, not through the reader
         self._unpark()  # first: the wake below then stays with us, not the reader
         self.signal.wake()
 
@@ -225,6 +231,7 @@ class Session:
         """Deliver a batch read on our behalf, if we are still parked at `cursor` and the
         client's buffer can take all of it at once (then the write cannot wait on the client)."""
         self._handed_off = False
+        # Parked means no reply is queued either (a queued reply unparks the task).
         if self._phase is not Phase.PARKED or self.cursor != cursor or batch.lost:
             return False
         if self.in_doubt and not batch.verified:
@@ -331,12 +338,13 @@ class Session:
             while self._phase is Phase.SENDING:
                 if read_now:
                     self.signal.take()  # before reading: a wake from here on is kept
+                    self._read_next = False
                     read_now = await self._read_and_send()
                 if self._replies and self._phase is Phase.SENDING:
                     await self._send_replies()  # between batches: a backlog never starves them
                 if read_now or self._phase is not Phase.SENDING:
                     continue
-                if not self._replies:
+                if not (self._replies or self._read_next):
                     # Park until unparked (inline, not a helper: a frame less per socket). A
                     # wake that came while we were busy goes to the reader, as the next ones
                     # will: it reads for us and writes without waking this task.
@@ -348,7 +356,7 @@ class Session:
                         await self._waiter
                     finally:
                         self._waiter = None
-                read_now = self.signal.pending
+                read_now = self.signal.pending or self._read_next
         except ConnectionResetError as error:
             self.log.debug("session_client_gone", error=str(error))
         except Exception:
