@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +222,8 @@ async def test_notifier_recovers_when_redis_restarts_under_the_hub(
         return bool((await client.get("/readyz")).status == 200)
 
     await wait_until(ready, timeout=20, what="ready again")
-    started = time.monotonic()
     again = await publish(client, "1", "later")
     assert [e["id"] for e in await receive_events(ws, 1)] == [again]
-    assert time.monotonic() - started < 10
     redis.stop()
 
 
