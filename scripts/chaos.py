@@ -127,7 +127,7 @@ class SlowReader:
                     headers=headers,
                     receive_buffer=4096,
                 )
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
                 await asyncio.sleep(0.2)  # the hub is away: reconnect pacing
                 continue
             if reply.status != 101:
