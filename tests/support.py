@@ -99,18 +99,22 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509
         )
-        deadline = time.monotonic() + 10
-        while True:
-            with self.client() as client:  # closed at once: no socket left to the collector
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.kill()
-                raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
-            time.sleep(0.02)
+        try:
+            wait_for(self._answers, timeout=10)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(
+                f"redis-server did not start; see {self.directory}/redis.log"
+            ) from None
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError("redis-server exited")
+        with self.client() as client:  # closed at once: no socket left to the collector
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:

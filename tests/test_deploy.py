@@ -212,16 +212,21 @@ async def publish(http: aiohttp.ClientSession, url: str, payload: Any) -> str:
     mid-request is stored once."""
     key = uuid.uuid4().hex
     headers = {"Authorization": f"Bearer {token('svc', '*')}", "Idempotency-Key": key}
-    for _ in range(100):
+    acknowledged: list[str] = []
+
+    async def acknowledged_now() -> bool:
         try:
             async with http.post(url, json={"type": "T", "payload": payload}, headers=headers) as r:
                 if r.status in (200, 201):
-                    return str((await r.json())["id"])
+                    acknowledged.append(str((await r.json())["id"]))
+                    return True
                 assert r.status >= 500, await r.text()
         except aiohttp.ClientError:
             pass
-        await asyncio.sleep(0.05)  # retry pacing, not a synchronisation
-    raise AssertionError("the publish was never acknowledged")
+        return False
+
+    await wait_until(acknowledged_now, timeout=10, what="the publish to be acknowledged")
+    return acknowledged[0]
 
 
 async def test_nginx_fronts_two_hubs_through_a_rolling_restart(

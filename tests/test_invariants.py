@@ -19,7 +19,7 @@ from hub.engine.session import Phase
 from hub.redis.store import Store
 from hub.redis.store import close as close_redis
 from hub.redis.store import connect as connect_redis
-from hub.web.state import NOTIFIERS, READER, REGISTRY, SESSIONS, STORE
+from hub.web.state import NOTIFIERS, READER, REGISTRY, SESSIONS, STATS, STORE
 from tests.support import (
     Monitor,
     RedisCluster,
@@ -103,8 +103,15 @@ async def test_idle_sockets_cost_redis_nothing(
             sockets += await asyncio.gather(*(open_socket(n) for n in range(start, start + 100)))
         assert len(client.app[REGISTRY]) == 1000
 
+        # The window: until every notifier has renewed its blocking read once (one BLOCK).
+        stats, shards = client.app[STATS], len(client.app[NOTIFIERS])
+        reads = sum(stats.notifier_reads.values())
         before = redis_server.command_calls()
-        await asyncio.sleep(5)  # the measurement window, not a synchronisation
+        await wait_until(
+            lambda: sum(stats.notifier_reads.values()) >= reads + shards,
+            timeout=30,
+            what="every notifier's next blocking read",
+        )
         after = redis_server.command_calls()
 
         spent = {name: after[name] - before.get(name, 0) for name in after}
